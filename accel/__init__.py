@@ -1,0 +1,1 @@
+"""Inference backends (TensorRT, torch CUDA, ONNX Runtime) and their caches."""

@@ -1,0 +1,1 @@
+"""Latency and quality benchmarks that write JSON (and plots) to benchmarks/results/."""

@@ -1,0 +1,1 @@
+"""ONNX export, engine building, parity checks."""

@@ -1,0 +1,1 @@
+"""Optics (prescription -> lens refraction), glasses rendering, networks, training, latent methods."""

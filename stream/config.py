@@ -1,0 +1,39 @@
+"""Configuration dataclasses for the real-time loop (one place for every tunable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stream.one_euro import OneEuroConfig
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    max_faces: int = 2
+    min_detection_confidence: float = 0.5
+    min_presence_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    blendshapes: bool = False
+    # Landmark speed is measured in inter-ocular distances per second, so beta is size-free.
+    landmark_smoothing: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=2.0, d_cutoff=1.0)
+    # Pose angles in degrees, translation in mm.
+    pose_smoothing: OneEuroConfig = OneEuroConfig(min_cutoff=1.0, beta=0.05, d_cutoff=1.0)
+    smoothing: bool = True
+    # A face keeps its id when its new centre is within this many face widths of the old one.
+    id_match_radius: float = 0.6
+    # Forget a face id after this many seconds without a match.
+    id_forget_s: float = 1.0
+    model_path: str | None = None  # None: the cached, verified face_landmarker.task
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_sessions: int = 4
+    # Empty by default: never contact a public STUN/TURN server unless the operator asks.
+    ice_servers: tuple[str, ...] = ()
+    whip_token: str | None = None  # Bearer token for WHIP/WHEP; None = open (loopback default)
+    stats_interval_s: float = 0.5
+    default_filters: tuple[str, ...] = ("passthrough",)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)

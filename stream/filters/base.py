@@ -1,0 +1,141 @@
+"""The filter interface every per-frame effect implements, and typed, validated parameters.
+
+A filter receives an RGB uint8 frame plus the frame's context (tracked faces, time, camera) and
+returns an RGB uint8 frame of the same size. Parameters are a dataclass per filter; their field
+metadata (min/max/choices/help) drives validation, the CLI and the browser's control panel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from stream.camera import Pinhole, mediapipe_camera
+from stream.face import Face
+
+
+class FilterError(ValueError):
+    """Bad filter name or parameter; the message is safe to show to the user."""
+
+
+@dataclass
+class FrameContext:
+    index: int
+    timestamp_s: float
+    faces: list[Face]
+    width: int
+    height: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    _camera: Pinhole | None = field(default=None, repr=False)
+
+    @property
+    def camera(self) -> Pinhole:
+        if self._camera is None:
+            self._camera = mediapipe_camera(self.width, self.height)
+        return self._camera
+
+
+def param(default: Any, *, help: str = "", min: float | None = None, max: float | None = None,
+          choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field carrying what validation and the UI need to know."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class NoParams:
+    pass
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    typ = {"bool": bool, "int": int, "float": float, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise FilterError(f"{name}: expected true/false, got {value!r}")
+    if typ in (int, float):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise FilterError(f"{name}: expected a number, got {value!r}") from None
+        if not np.isfinite(v):
+            raise FilterError(f"{name}: must be finite, got {value!r}")
+        if typ is int:
+            if v != int(v):
+                raise FilterError(f"{name}: expected an integer, got {value!r}")
+            return int(v)
+        return v
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise FilterError(f"{name}: expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_params(cls: type, values: dict[str, Any] | None, base: Any | None = None) -> Any:
+    """Validate ``values`` against the params dataclass ``cls`` (unknown keys are errors)."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise FilterError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(fields) or 'none'}")
+    current = dataclasses.asdict(base) if base is not None else {}
+    out = {}
+    for name, f in fields.items():
+        if name not in values:
+            if name in current:
+                out[name] = current[name]
+            continue
+        v = _coerce(name, f.type, values[name])
+        meta = f.metadata
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            raise FilterError(f"{name}: {v!r} is not one of {', '.join(map(str, meta['choices']))}")
+        if meta.get("min") is not None and v < meta["min"]:
+            raise FilterError(f"{name}: {v} is below the minimum {meta['min']}")
+        if meta.get("max") is not None and v > meta["max"]:
+            raise FilterError(f"{name}: {v} is above the maximum {meta['max']}")
+        out[name] = v
+    try:
+        return cls(**out)
+    except (TypeError, ValueError) as e:  # __post_init__ checks across fields
+        raise FilterError(str(e)) from None
+
+
+def params_schema(cls: type) -> list[dict[str, Any]]:
+    """JSON-able description of a params dataclass for the control panel."""
+    out = []
+    for f in dataclasses.fields(cls):
+        typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        out.append({"name": f.name, "type": typ, "default": f.default, **dict(f.metadata)})
+    return out
+
+
+class Filter:
+    """Base class: subclasses set ``name``, ``Params`` and implement :meth:`apply`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    needs_faces: ClassVar[bool] = False
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.params = build_params(self.Params, params)
+
+    def configure(self, params: dict[str, Any]) -> None:
+        """Change some parameters; all-or-nothing (bad values leave the old ones in place)."""
+        self.params = build_params(self.Params, params, base=self.params)
+
+    def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release resources (models, threads)."""

@@ -1,0 +1,182 @@
+"""Per-frame pipeline: track faces once, then run the filter chain, timing every stage.
+
+One pipeline per stream. ``process`` runs on a worker thread (never the event loop); the chain
+can be swapped from any thread and takes effect at the next frame. A filter that raises is
+reported and skipped for that frame: the stream keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream import filters as registry
+from stream.config import TrackerConfig
+from stream.face import Face
+from stream.filters.base import Filter, FilterError, FrameContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def parse_chain(value: Any) -> list[FilterSpec]:
+        """Accept "a+b", ["a", "b"], or [{"name": "a", "params": {...}}, ...]."""
+        if isinstance(value, str):
+            items: Sequence[Any] = [v for v in value.replace(",", "+").split("+") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = value
+        else:
+            raise FilterError(f"filters must be a name, a list of names or of objects, not {type(value).__name__}")
+        out = []
+        for it in items:
+            if isinstance(it, str):
+                out.append(FilterSpec(it.strip()))
+            elif isinstance(it, dict) and isinstance(it.get("name"), str):
+                params = it.get("params") or {}
+                if not isinstance(params, dict):
+                    raise FilterError(f"params of {it['name']!r} must be an object")
+                out.append(FilterSpec(it["name"], dict(params)))
+            else:
+                raise FilterError(f"bad filter entry {it!r}")
+        if not out:
+            raise FilterError("empty filter chain (use 'passthrough')")
+        return out
+
+
+@dataclass
+class FrameResult:
+    index: int
+    timestamp_s: float
+    faces: list[Face]
+    timings_ms: dict[str, float]
+    errors: list[str]
+
+
+TrackerFactory = Callable[[TrackerConfig], Any]
+
+
+def _default_tracker_factory(cfg: TrackerConfig) -> Any:
+    from stream.tracking import FaceTracker
+
+    return FaceTracker(cfg)
+
+
+class FramePipeline:
+    def __init__(
+        self,
+        chain: Sequence[FilterSpec] | str = "passthrough",
+        tracker_config: TrackerConfig | None = None,
+        tracker_factory: TrackerFactory | None = None,
+    ) -> None:
+        self.tracker_config = tracker_config or TrackerConfig()
+        self._tracker_factory = tracker_factory or _default_tracker_factory
+        self._tracker: Any = None
+        self._tracker_error: str | None = None
+        self._lock = threading.Lock()
+        self._filters: list[Filter] = []
+        self._retired: list[Filter] = []
+        self._index = 0
+        self.set_chain(chain)
+
+    # -- control (any thread) -------------------------------------------------
+    def set_chain(self, chain: Sequence[FilterSpec] | str | list[Any]) -> list[str]:
+        """Replace the chain; raises FilterError and keeps the old chain if anything is wrong."""
+        specs = FilterSpec.parse_chain(chain) if not (
+            isinstance(chain, (list, tuple)) and chain and all(isinstance(c, FilterSpec) for c in chain)
+        ) else list(chain)
+        new = [registry.create(s.name, s.params) for s in specs]
+        with self._lock:
+            self._retired.extend(self._filters)
+            self._filters = new
+        return [f.name for f in new]
+
+    def configure(self, name: str, params: dict[str, Any]) -> None:
+        """Change parameters of the filter ``name`` in the running chain."""
+        with self._lock:
+            matches = [f for f in self._filters if f.name == name]
+        if not matches:
+            raise FilterError(f"filter {name!r} is not in the chain")
+        for f in matches:
+            f.configure(params)
+
+    @property
+    def chain(self) -> list[str]:
+        with self._lock:
+            return [f.name for f in self._filters]
+
+    def describe_chain(self) -> list[dict[str, Any]]:
+        import dataclasses
+
+        with self._lock:
+            return [{"name": f.name, "params": dataclasses.asdict(f.params)} for f in self._filters]
+
+    # -- frame path (one worker thread) ---------------------------------------
+    def _ensure_tracker(self) -> Any:
+        if self._tracker is None and self._tracker_error is None:
+            try:
+                self._tracker = self._tracker_factory(self.tracker_config)
+            except Exception as e:  # the stream goes on without faces
+                self._tracker_error = f"face tracker unavailable: {e}"
+                log.error(self._tracker_error)
+        return self._tracker
+
+    def process(self, image: np.ndarray, timestamp_s: float) -> tuple[np.ndarray, FrameResult]:
+        """Run tracking (if any filter needs it) and the chain on one RGB uint8 frame."""
+        with self._lock:
+            chain = list(self._filters)
+            retired, self._retired = self._retired, []
+        for f in retired:
+            f.close()
+        timings: dict[str, float] = {}
+        errors: list[str] = []
+        h, w = image.shape[:2]
+        faces: list[Face] = []
+        if any(f.needs_faces for f in chain):
+            tracker = self._ensure_tracker()
+            if tracker is not None:
+                t0 = time.perf_counter()
+                try:
+                    faces = tracker.track(image, timestamp_s)
+                except Exception as e:
+                    errors.append(f"track: {e}")
+                    log.exception("tracking failed")
+                timings["track"] = (time.perf_counter() - t0) * 1e3
+            elif self._tracker_error:
+                errors.append(self._tracker_error)
+        ctx = FrameContext(self._index, timestamp_s, faces, w, h, timings)
+        out = image
+        for f in chain:
+            t0 = time.perf_counter()
+            try:
+                res = f.apply(out, ctx)
+                if res.shape != out.shape or res.dtype != np.uint8:
+                    raise RuntimeError(f"returned {res.shape} {res.dtype}, expected {out.shape} uint8")
+                out = res
+            except Exception as e:
+                errors.append(f"{f.name}: {e}")
+                log.exception("filter %s failed; frame passes through it", f.name)
+            key = f.name if f.name not in timings else f"{f.name}#{len(timings)}"
+            timings[key] = (time.perf_counter() - t0) * 1e3
+        self._index += 1
+        return out, FrameResult(ctx.index, timestamp_s, faces, timings, errors)
+
+    def close(self) -> None:
+        with self._lock:
+            filters, self._filters = self._filters + self._retired, []
+            self._retired = []
+        for f in filters:
+            f.close()
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
