@@ -40,27 +40,49 @@ class RawFace:
 
     def __post_init__(self) -> None:
         self.center = self.landmarks_px[:, :2].mean(axis=0)
-        self.size = float(np.linalg.norm(self.landmarks_px[LEFT_EYE_OUTER, :2] - self.landmarks_px[RIGHT_EYE_OUTER, :2]))
+        eyes = self.landmarks_px[[LEFT_EYE_OUTER, RIGHT_EYE_OUTER], :2]
+        self.size = float(np.linalg.norm(eyes[0] - eyes[1]))
+
+
+# A face seen on the previous frame may move this many times further before it loses its id: fast head
+# motion (or a duplicated frame followed by a catch-up) moves a face ~0.6 eye widths per frame at 25 fps.
+CONTINUITY_RADIUS_FACTOR = 3.0
 
 
 def assign_ids(
-    tracks: list[_Track], faces: list[RawFace], radius: float
+    tracks: list[_Track], faces: list[RawFace], radius: float, continuous: set[int] | None = None
 ) -> list[tuple[int | None, RawFace]]:
-    """Greedy nearest-centre matching; a face further than ``radius`` face sizes gets no track."""
-    pairs = []
-    for ti, tr in enumerate(tracks):
-        for fi, f in enumerate(faces):
-            d = float(np.linalg.norm(tr.center - f.center)) / max(tr.size, f.size, 1.0)
-            if d <= radius:
-                pairs.append((d, ti, fi))
-    pairs.sort()
-    used_t: set[int] = set()
+    """Greedy nearest-centre matching, in two passes.
+
+    First every track may take a face within ``radius`` face sizes (nearest pairs first). Then the
+    tracks in ``continuous`` (indices of tracks seen on the previous frame) that are still unmatched may
+    take a remaining face within ``CONTINUITY_RADIUS_FACTOR * radius``: a face does not vanish and get
+    replaced by another face nearby between two consecutive frames, but it does move fast.
+    """
     match: dict[int, int] = {}
-    for _, ti, fi in pairs:
-        if ti in used_t or fi in match:
-            continue
-        used_t.add(ti)
-        match[fi] = ti
+    used_t: set[int] = set()
+
+    def pass_(limit: float, allowed: set[int] | None) -> None:
+        pairs = []
+        for ti, tr in enumerate(tracks):
+            if ti in used_t or (allowed is not None and ti not in allowed):
+                continue
+            for fi, f in enumerate(faces):
+                if fi in match:
+                    continue
+                d = float(np.linalg.norm(tr.center - f.center)) / max(tr.size, f.size, 1.0)
+                if d <= limit:
+                    pairs.append((d, ti, fi))
+        pairs.sort()
+        for _, ti, fi in pairs:
+            if ti in used_t or fi in match:
+                continue
+            used_t.add(ti)
+            match[fi] = ti
+
+    pass_(radius, None)
+    if continuous:
+        pass_(radius * CONTINUITY_RADIUS_FACTOR, continuous)
     return [(match.get(fi), f) for fi, f in enumerate(faces)]
 
 
@@ -99,6 +121,7 @@ class FaceTracker:
         self._tracks: list[_Track] = []
         self._next_id = 0
         self._last_ts_ms = -1
+        self._last_track_s: float | None = None
 
     def close(self) -> None:
         if self._landmarker is not None:
@@ -138,8 +161,10 @@ class FaceTracker:
         raw = self.detect(image, round(timestamp_s * 1000.0))
         cfg = self.config
         self._tracks = [t for t in self._tracks if timestamp_s - t.last_seen_s <= cfg.id_forget_s]
+        prev, self._last_track_s = self._last_track_s, timestamp_s
+        continuous = {i for i, t in enumerate(self._tracks) if t.last_seen_s == prev}
         out: list[Face] = []
-        for ti, f in assign_ids(self._tracks, raw, cfg.id_match_radius):
+        for ti, f in assign_ids(self._tracks, raw, cfg.id_match_radius, continuous):
             if ti is None:
                 tr = _Track(
                     self._next_id, f.center, f.size, timestamp_s,
