@@ -15,9 +15,13 @@ class TrackerConfig:
     min_tracking_confidence: float = 0.5
     blendshapes: bool = False
     # Landmark speed is measured in inter-ocular distances per second, so beta is size-free.
-    landmark_smoothing: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=2.0, d_cutoff=1.0)
+    landmark_smoothing: OneEuroConfig = field(
+        default_factory=lambda: OneEuroConfig(min_cutoff=1.5, beta=2.0, d_cutoff=1.0)
+    )
     # Pose angles in degrees, translation in mm.
-    pose_smoothing: OneEuroConfig = OneEuroConfig(min_cutoff=1.0, beta=0.05, d_cutoff=1.0)
+    pose_smoothing: OneEuroConfig = field(
+        default_factory=lambda: OneEuroConfig(min_cutoff=1.0, beta=0.05, d_cutoff=1.0)
+    )
     smoothing: bool = True
     # A face keeps its id when its new centre is within this many face widths of the old one.
     id_match_radius: float = 0.6
@@ -30,7 +34,8 @@ class TrackerConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
-    max_sessions: int = 4
+    max_sessions: int = 4  # browser (/offer) + WHIP publisher sessions: each runs a pipeline
+    max_viewers: int = 8  # WHEP viewers: share the publisher's processed frames, but each has an encoder
     # Empty by default: never contact a public STUN/TURN server unless the operator asks.
     ice_servers: tuple[str, ...] = ()
     whip_token: str | None = None  # Bearer token for WHIP/WHEP; None = open (loopback default)
