@@ -102,9 +102,20 @@ def write_y4m(frames: list[np.ndarray], fps: float, path: Path) -> Path:
     return path
 
 
+def to_4x3(rgb: np.ndarray, width: int = 640, height: int = 480) -> np.ndarray:
+    """Centre-crop to 4:3 and resize: a webcam-shaped frame, so a page asking for 640x480 gets it unscaled."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    ch, cw = (h, h * 4 // 3) if w * 3 >= h * 4 else (w * 3 // 4, w)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return cv2.resize(rgb[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 @pytest.fixture(scope="session")
 def d12_y4m(clip_frames: Callable[..., Clip], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 3 s of liveportrait_d12 (512x512, 25 fps, the most head motion) as a fake-camera ``.y4m``
-    in a session temp dir (never in the repo); skips where the shared data is absent."""
+    """The first 3 s of liveportrait_d12 (25 fps, the most head motion), cropped to 640x480, as a fake-camera
+    ``.y4m`` in a session temp dir (never in the repo); skips where the shared data is absent."""
     clip = clip_frames("liveportrait_d12", n=75)
-    return write_y4m(clip.frames, clip.fps or 25.0, tmp_path_factory.mktemp("y4m") / "liveportrait_d12.y4m")
+    frames = [to_4x3(f) for f in clip.frames]
+    return write_y4m(frames, clip.fps or 25.0, tmp_path_factory.mktemp("y4m") / "liveportrait_d12.y4m")
