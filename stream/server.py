@@ -19,6 +19,7 @@ from stream import whip as whip_routes
 from stream.config import ServerConfig, TrackerConfig
 from stream.filters import FilterError
 from stream.http_util import CONFIG, RELAY, SESSIONS, json_error, over_capacity
+from stream.model_asset import ModelAssetError, model_path
 from stream.session_setup import start_processing_session
 from stream.sessions import CapacityError, SessionRegistry
 from stream.signalling import SignallingError, enable_loopback_candidates
@@ -133,6 +134,12 @@ def run_server(args: argparse.Namespace) -> int:
     if config.max_sessions < 1:
         log.error("--max-sessions must be at least 1")
         return 2
+    try:  # say it once, at start: without the model, face filters pass frames through
+        model_path(config.tracker.model_path)
+    except ModelAssetError as e:
+        log.error("%s; filters that need faces will pass frames through until then", e)
+    log.info("serving http://%s:%d/ (ICE servers: %s)", config.host, config.port,
+             ", ".join(config.ice_servers) or "none, loopback/host candidates only")
     try:
         web.run_app(create_app(config), host=config.host, port=config.port, print=log.info)
     except OSError as e:
