@@ -7,6 +7,8 @@ from typing import Any
 from stream.filters.base import Filter, FilterError, FrameContext, params_schema
 from stream.filters.landmarks import Landmarks
 from stream.filters.passthrough import Passthrough
+from stream.filters.remove import Remove
+from stream.filters.tryon import Tryon
 
 REGISTRY: dict[str, type[Filter]] = {}
 
@@ -16,7 +18,7 @@ def register(cls: type[Filter]) -> type[Filter]:
     return cls
 
 
-for _cls in (Passthrough, Landmarks):
+for _cls in (Passthrough, Landmarks, Tryon, Remove):
     register(_cls)
 
 

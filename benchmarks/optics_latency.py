@@ -1,0 +1,126 @@
+"""Latency of the prescription optics (tryon / remove) at 640x480 with one face, vs baselines.
+
+    python -m benchmarks.optics_latency --clip liveportrait_d12 --frames 150
+
+Frames of a shared clip, letterboxed to 640x480, run through one FramePipeline per chain
+(tracking included), chains interleaved frame by frame so machine load hits all alike:
+passthrough and landmarks (baselines), tryon with refraction only ("optics"), full tryon (frame +
+tint drawn), remove with a known prescription. Reported: per-frame wall time of the whole
+pipeline and of the filter stage alone (p50/p95), with ratios vs the baselines of the same run.
+Writes benchmarks/results/optics_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+from benchmarks.stats import machine_info, summarize, write_json
+from stream.pipeline import FilterSpec, FramePipeline
+
+SHARED_VIDEO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "video"
+OUT = Path(__file__).resolve().parent / "results" / "optics_latency.json"
+CHAINS: dict[str, list[FilterSpec]] = {
+    "passthrough": [FilterSpec("passthrough")],
+    "landmarks": [FilterSpec("landmarks")],
+    "tryon_optics": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "draw_frame": False})],
+    "tryon_full": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "tint": "#50607080", "gradient": 0.6})],
+    "remove": [FilterSpec("remove", {"rx": "-6.00 -1.00 x 20", "fit_frames": 3})],  # fit during warm-up
+}
+
+
+def letterbox(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale to fit and pad with the edge pixels (a webcam-like 4:3 frame from a square clip)."""
+    h, w = rgb.shape[:2]
+    s = min(width / w, height / h)
+    nw, nh = round(w * s), round(h * s)
+    small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+    x0, y0 = (width - nw) // 2, (height - nh) // 2
+    return cv2.copyMakeBorder(small, y0, height - nh - y0, x0, width - nw - x0, cv2.BORDER_REPLICATE)
+
+
+def load_frames(clip: str, n: int, width: int, height: int) -> tuple[list[np.ndarray], float]:
+    path = (SHARED_VIDEO / f"{clip}.mp4").resolve()
+    if not path.is_file():
+        raise SystemExit(f"optics_latency: {path} not found (shared data is only on the dev machines)")
+    frames = []
+    with av.open(str(path)) as c:
+        fps = float(c.streams.video[0].average_rate or 25)
+        for f in c.decode(video=0):
+            frames.append(letterbox(f.to_ndarray(format="rgb24"), width, height))
+            if len(frames) >= n:
+                break
+    return frames, fps
+
+
+def run(clip: str, n: int, warmup: int, width: int, height: int) -> dict[str, Any]:
+    frames, fps = load_frames(clip, n + warmup, width, height)
+    pipes = {name: FramePipeline(chain) for name, chain in CHAINS.items()}
+    total: dict[str, list[float]] = {k: [] for k in pipes}
+    stage: dict[str, list[float]] = {k: [] for k in pipes}
+    track: dict[str, list[float]] = {k: [] for k in pipes}
+    errors: dict[str, int] = dict.fromkeys(pipes, 0)
+    faces_seen = 0
+    names = list(pipes)
+    for i, frame in enumerate(frames):
+        names = names[1:] + names[:1]  # rotate the order: no chain always runs first on a warm cache
+        for name in names:
+            t0 = time.perf_counter()
+            _, res = pipes[name].process(frame, i / fps)
+            dt = (time.perf_counter() - t0) * 1e3
+            if i < warmup:
+                continue
+            total[name].append(dt)
+            filt = CHAINS[name][0].name
+            stage[name].append(res.timings_ms.get(filt, float("nan")))
+            track[name].append(res.timings_ms.get("track", 0.0))
+            errors[name] += len(res.errors)
+            faces_seen += name == "tryon_optics" and len(res.faces) == 1
+    for p in pipes.values():
+        p.close()
+    out: dict[str, Any] = {"chains": {}}
+    for name in pipes:
+        out["chains"][name] = {"total_ms": summarize(total[name]), "filter_ms": summarize(stage[name]),
+                               "track_ms": summarize(track[name]), "errors": errors[name],
+                               "params": CHAINS[name][0].params}
+    p50 = {k: out["chains"][k]["total_ms"]["p50"] for k in pipes}
+    p95 = {k: out["chains"][k]["total_ms"]["p95"] for k in pipes}
+    out["ratios_total_p50_vs_landmarks"] = {k: p50[k] / p50["landmarks"] for k in pipes}
+    out["ratios_total_p95_vs_landmarks"] = {k: p95[k] / p95["landmarks"] for k in pipes}
+    out["ratios_total_p50_vs_passthrough"] = {k: p50[k] / p50["passthrough"] for k in pipes}
+    out["frames_with_one_face"] = faces_seen
+    out["targets"] = {"optics_filter_p50_ms<=5": out["chains"]["tryon_optics"]["filter_ms"]["p50"] <= 5.0,
+                      "tryon_total_p95_ms<=20": out["chains"]["tryon_full"]["total_ms"]["p95"] <= 20.0}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clip", default="liveportrait_d12")
+    ap.add_argument("--frames", type=int, default=150)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--size", default="640x480")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    res = run(args.clip, args.frames, args.warmup, w, h)
+    res = {"benchmark": "optics_latency", "clip": args.clip, "size": [w, h], "frames": args.frames,
+           "machine": machine_info(), **res}
+    write_json(args.out, res)
+    for name, r in res["chains"].items():
+        t, f = r["total_ms"], r["filter_ms"]
+        print(f"{name:13s} total p50 {t['p50']:6.2f} p95 {t['p95']:6.2f} | filter p50 {f['p50']:6.2f} "
+              f"p95 {f['p95']:6.2f} ms | errors {r['errors']}")
+    print("targets:", res["targets"], "->", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Thin-lens ray tracing through a placed spectacle lens into the face: remap fields (pure numpy).
+
+For an output pixel p inside a lens, the camera ray through p meets the lens plane at offset h from
+the optical centre (lens frame u, v). Light is reversible, so the camera ray is bent like the light
+it traces: its slopes in the lens frame change by Prentice's deviation −F·h/1000 + prism/100, and the
+bent ray continues in 3-D until it meets the face surface (FaceDepth). Projecting that point gives the
+source pixel s(p): tryon output(p) = input(s(p)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from models.optics.face_depth import FaceDepth
+from models.optics.lens_geometry import LensLike
+from models.optics.power import prentice_deviation
+from stream.camera import Pinhole
+
+
+@dataclass(frozen=True)
+class LensPower:
+    f: np.ndarray  # (2, 2) dioptric power matrix in the lens's (u, v) frame
+    prism: np.ndarray  # (2,) prism deviation in radians, (u, v) frame
+
+    @property
+    def is_zero(self) -> bool:
+        return not np.any(self.f) and not np.any(self.prism)
+
+
+def bend_rays(dirs: np.ndarray, h_mm: np.ndarray, power: LensPower, u: np.ndarray, v: np.ndarray,
+              n: np.ndarray) -> np.ndarray:
+    """Deviate rays ``dirs`` (N, 3) crossing the lens at offsets ``h_mm`` (N, 2).
+
+    Slopes are taken relative to the lens axis w = −n (from the lens into the face), so the deviation
+    stays in the lens's tangent plane whatever the head angle.
+    """
+    w = -n
+    along = dirs @ w
+    slopes = np.stack([dirs @ u, dirs @ v], axis=1) / along[:, None]
+    slopes = slopes + prentice_deviation(power.f, power.prism, h_mm)
+    return w[None, :] + slopes[:, :1] * u[None, :] + slopes[:, 1:] * v[None, :]
+
+
+def lens_plane_hits(rays: np.ndarray, center: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Points where camera rays from the origin (N, 3) meet the plane through ``center`` with normal n."""
+    t = float(center @ n) / (rays @ n)
+    return rays * t[:, None]
+
+
+def trace_lens(pixels: np.ndarray, lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole) -> np.ndarray:
+    """(N, 2) source pixels s(p) for output pixels ``pixels`` (N, 2) seen through ``lens``."""
+    c = np.asarray(lens.optical_center_cam_mm, np.float64)
+    u = np.asarray(lens.u_cam, np.float64)
+    v = np.asarray(lens.v_cam, np.float64)
+    n = np.asarray(lens.normal_cam, np.float64)
+    rays = camera.rays(pixels)
+    hits = lens_plane_hits(rays, c, n)
+    off = hits - c
+    h = np.stack([off @ u, off @ v], axis=1)
+    bent = bend_rays(rays, h, power, u, v, n)
+    surface = depth.intersect(hits, bent)
+    src = camera.project(surface)
+    # Where the face is in front of the lens plane (the nose, seen past the far lens at large yaw),
+    # the camera sees the face, not the lens: no refraction there.
+    occluded = depth.sample(pixels) < hits[:, 2]
+    src[occluded] = pixels[occluded]
+    return src
+
+
+@dataclass(frozen=True)
+class LensWarp:
+    """Source coordinates for one lens's bounding box (ROI) of the frame."""
+
+    x0: int
+    y0: int
+    map_x: np.ndarray  # (h, w) float32 absolute source x for each ROI pixel
+    map_y: np.ndarray
+    mask: np.ndarray  # (h, w) bool: inside the lens
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape  # type: ignore[return-value]
+
+    def displacement(self) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.mask.shape
+        gx, gy = np.meshgrid(np.arange(self.x0, self.x0 + w, dtype=np.float32),
+                             np.arange(self.y0, self.y0 + h, dtype=np.float32))
+        return self.map_x - gx, self.map_y - gy
+
+
+def outline_roi_mask(outline_px: np.ndarray, width: int, height: int,
+                     margin_px: int = 0) -> tuple[int, int, np.ndarray, np.ndarray] | None:
+    """(x0, y0, lens mask, traced mask) over the outline's bounding box (+ margin), clipped to the frame.
+
+    Rasterised in the ROI only (sub-pixel polygon fill): full-frame masks cost more than the optics.
+    ``traced`` is the lens dilated by ``margin_px``. None when the lens is entirely off-frame.
+    """
+    pts = np.asarray(outline_px, np.float64)
+    if pts.size == 0 or not np.all(np.isfinite(pts)):
+        return None
+    x0 = max(int(np.floor(pts[:, 0].min())) - margin_px - 1, 0)
+    y0 = max(int(np.floor(pts[:, 1].min())) - margin_px - 1, 0)
+    x1 = min(int(np.ceil(pts[:, 0].max())) + margin_px + 2, width)
+    y1 = min(int(np.ceil(pts[:, 1].max())) + margin_px + 2, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    shift = 4
+    poly = np.round((pts - [x0, y0]) * (1 << shift)).astype(np.int32)
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_8, shift=shift)
+    traced = mask
+    if margin_px > 0:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
+        traced = cv2.dilate(mask, k)
+    if not mask.any():
+        return None
+    return x0, y0, mask > 0, traced > 0
+
+
+def lens_warp(lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole, strength: float = 1.0,
+              margin_px: int = 0, step: int = 2) -> LensWarp | None:
+    """The remap field over the lens's ROI: s(p) inside the lens, identity outside; None if off-frame.
+
+    ``margin_px`` > 0 also traces a band that wide outside the rim (as if the lens were larger), so
+    the inverse can sample the field bilinearly right up to the rim without mixing in the identity.
+    ``step`` > 1 traces every step-th pixel and interpolates the displacement bilinearly: the field
+    is smooth over a lens (paraxial: linear in h on a plane), so step 2 costs a quarter and changes
+    the result by far less than a pixel except right at the face outline seen through the lens.
+    """
+    roi = outline_roi_mask(lens.outline_px, camera.width, camera.height, margin_px)
+    if roi is None:
+        return None
+    x0, y0, mask, traced = roi
+    h, w = mask.shape
+    gx, gy = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float32), np.arange(y0, y0 + h, dtype=np.float32))
+    map_x, map_y = gx.copy(), gy.copy()
+    if strength <= 0.0 or power.is_zero:
+        return LensWarp(x0, y0, map_x, map_y, mask)
+    if step <= 1:
+        pix = np.stack([gx[traced], gy[traced]], axis=1).astype(np.float64)
+        d = trace_lens(pix, lens, power, depth, camera) - pix
+        map_x[traced] += (strength * d[:, 0]).astype(np.float32)
+        map_y[traced] += (strength * d[:, 1]).astype(np.float32)
+        return LensWarp(x0, y0, map_x, map_y, mask)
+    # Coarse samples covering every traced pixel's four bilinear neighbours.
+    k = np.ones((2 * step + 1, 2 * step + 1), np.uint8)
+    cover = cv2.dilate(traced.astype(np.uint8), k)[::step, ::step] > 0
+    ch, cw = cover.shape
+    cx, cy = np.meshgrid(x0 + step * np.arange(cw, dtype=np.float64), y0 + step * np.arange(ch, dtype=np.float64))
+    pix = np.stack([cx[cover], cy[cover]], axis=1)
+    d = trace_lens(pix, lens, power, depth, camera) - pix
+    dx = np.zeros((ch, cw), np.float32)
+    dy = np.zeros((ch, cw), np.float32)
+    dx[cover], dy[cover] = d[:, 0] * strength, d[:, 1] * strength
+    fx, fy = np.meshgrid(np.arange(w, dtype=np.float32) / step, np.arange(h, dtype=np.float32) / step)
+    map_x[traced] += cv2.remap(dx, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[traced]
+    map_y[traced] += cv2.remap(dy, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[traced]
+    return LensWarp(x0, y0, map_x, map_y, mask)
+
+
+def apply_warps(image: np.ndarray, warps: list[LensWarp], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """One cv2.remap per lens ROI, always reading the untouched input; only lens pixels are written."""
+    if not warps:
+        return image
+    out = image.copy()
+    for w in warps:
+        roi = cv2.remap(image, w.map_x, w.map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+        h, ww = w.mask.shape
+        dst = out[w.y0:w.y0 + h, w.x0:w.x0 + ww]
+        dst[w.mask] = roi[w.mask]
+    return out
