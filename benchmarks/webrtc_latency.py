@@ -10,6 +10,10 @@ reads the number back from every processed frame it decodes. Glass-to-glass = re
 send time for the same number: encode, RTP over loopback, server decode + filter + re-encode,
 and client decode, as a real viewer would see it (minus camera exposure and display scan-out).
 
+Both aiortc receivers (server and client) release video frames on the RTP marker bit
+(:mod:`stream.rtc_latency`); ``--aiortc-default-receive`` measures aiortc's own jitter buffer instead,
+which holds every frame until the next one starts. The JSON records which (``low_latency_receive``).
+
 Each filter gets its own session, one after the other, in the same run, so the landmarks /
 passthrough ratios compare like with like. Client and server share one process (and the GIL):
 absolute numbers include that contention; compare ratios, and rerun on a quiet machine.
@@ -52,6 +56,9 @@ class BenchConfig:
     fps: int = 30
     clip: Path = DEFAULT_CLIP
     connect_timeout_s: float = 30.0
+    # Video frames released on the RTP marker bit at both aiortc receivers (server and this client), see
+    # stream.rtc_latency; False measures aiortc's own jitter buffer (one frame interval more per receiver).
+    low_latency_receive: bool = True
 
 
 @dataclass
@@ -259,11 +266,14 @@ async def run(cfg: BenchConfig) -> dict[str, Any]:
     from aiohttp import web
 
     from stream.config import ServerConfig
+    from stream.rtc_latency import disable_low_latency_receive, enable_low_latency_receive
     from stream.server import create_app
 
     frames = await asyncio.get_running_loop().run_in_executor(
         None, load_clip_yuv, cfg.clip, cfg.width, cfg.height)
     runner = web.AppRunner(create_app(ServerConfig(host="127.0.0.1", port=0)))
+    # After create_app (which enables it): one process-wide switch for the server's and the client's receivers.
+    (enable_low_latency_receive if cfg.low_latency_receive else disable_low_latency_receive)()
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -348,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=d.fps)
     p.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results" / "webrtc_latency.json")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: --out with .png)")
+    p.add_argument("--aiortc-default-receive", action="store_true",
+                   help="use aiortc's own jitter buffer (a frame is released when the next one starts) instead "
+                        "of marker-bit release, to compare")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'loaded machine')")
     return p
 
@@ -360,11 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.warmup < 0 or args.fps <= 0:
         raise SystemExit("webrtc_latency: --seconds and --fps must be positive, --warmup >= 0")
     cfg = BenchConfig(filters=tuple(args.filters), seconds=args.seconds, warmup_s=args.warmup,
-                      width=args.width, height=args.height, fps=args.fps, clip=args.clip)
+                      width=args.width, height=args.height, fps=args.fps, clip=args.clip,
+                      low_latency_receive=not args.aiortc_default_receive)
     results = asyncio.run(run(cfg))
     plot_path = args.plot or args.out.with_suffix(".png")
     info = machine_info()
-    plot(results, plot_path, f"loopback WebRTC glass-to-glass, {cfg.width}x{cfg.height}@{cfg.fps}, "
+    receive = "marker-bit receive" if cfg.low_latency_receive else "aiortc default receive"
+    plot(results, plot_path, f"loopback WebRTC glass-to-glass, {cfg.width}x{cfg.height}@{cfg.fps}, {receive}, "
                              f"{info['cpu_count']} CPUs, load {info.get('load_avg_1_5_15', '?')}")
     for r in results.values():
         r.pop("_samples_ms")
@@ -373,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "webrtc_latency",
         "what": "glass-to-glass ms per frame: client send (stamped) -> server filter chain -> client decode",
         "note": args.note,
+        "low_latency_receive": cfg.low_latency_receive,
         "machine": info,
         "config": config,
         "results": results,
@@ -381,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         "plot": str(plot_path),
     }
     write_json(args.out, doc)
-    print(json.dumps({"results": {k: {**v["latency_ms"], "lost": v["lost"]} for k, v in results.items()},
+    print(json.dumps({"low_latency_receive": cfg.low_latency_receive,
+                      "results": {k: {**v["latency_ms"], "lost": v["lost"]} for k, v in results.items()},
                       "comparison": doc["comparison"]}, indent=2))
     print(f"wrote {args.out} and {plot_path}", file=sys.stderr)
     return 0

@@ -20,6 +20,7 @@ from stream.config import ServerConfig, TrackerConfig
 from stream.filters import FilterError
 from stream.http_util import CONFIG, RELAY, SESSIONS, json_error, over_capacity
 from stream.model_asset import ModelAssetError, model_path
+from stream.rtc_latency import enable_low_latency_receive
 from stream.session_setup import start_processing_session
 from stream.sessions import CapacityError, SessionRegistry
 from stream.signalling import SignallingError, enable_loopback_candidates
@@ -102,6 +103,9 @@ async def _on_shutdown(app: web.Application) -> None:
 def create_app(config: ServerConfig | None = None) -> web.Application:
     config = config or ServerConfig()
     enable_loopback_candidates()
+    # aiortc holds each received video frame until the next one starts (+1 frame interval); release on the
+    # RTP marker bit instead. Here (not per peer connection) so a benchmark can switch it back for A/B runs.
+    enable_low_latency_receive()
     app = web.Application(client_max_size=1 << 20)  # SDP offers are a few kB
     app[CONFIG] = config
     app[SESSIONS] = SessionRegistry(config.max_sessions, config.max_viewers)

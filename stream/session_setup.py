@@ -68,10 +68,29 @@ def _attach_control(session: Session, channel: RTCDataChannel) -> None:
         session.send(reply)
 
 
+MAX_DISTINCT_STATS_ERRORS = 32  # bounds the memory of what was logged if error texts vary (ids, numbers)
+
+
 async def _stats_loop(session: Session, interval_s: float) -> None:
+    """Push a stats snapshot on the control channel every ``interval_s`` until the channel closes.
+
+    Stats are a side show: a snapshot that raises is skipped and logged once per distinct error (not on
+    every tick), and the next tick tries again; the video is never affected.
+    """
+    reported: set[tuple[str, str]] = set()
     while True:
         await asyncio.sleep(interval_s)
-        session.send(session.stats_message())
+        channel = session.channel
+        if session.closed or (channel is not None and channel.readyState in ("closing", "closed")):
+            log.debug("session %s: control channel closed, stats loop ends", session.id)
+            return
+        try:
+            session.send(session.stats_message())
+        except Exception as e:
+            key = (type(e).__name__, str(e))
+            if key not in reported and len(reported) < MAX_DISTINCT_STATS_ERRORS:
+                reported.add(key)
+                log.exception("session %s: stats snapshot failed (logged once per distinct error)", session.id)
 
 
 async def start_processing_session(
