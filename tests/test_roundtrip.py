@@ -65,8 +65,9 @@ def inner_lens_mask(lenses, width: int, height: int) -> np.ndarray:
 @pytest.mark.parametrize("sphere", SPHERES)
 def test_remove_undoes_tryon(posed_frames, sphere: float) -> None:
     rx = f"{sphere:+.2f}"
-    tryon = create("tryon", {"rx": rx, "draw_frame": False})
-    remove = create("remove", {"rx": rx, "fit_frames": 0})  # geometry as tryon placed it
+    # Same prescription (PD included) for both passes, so remove places the lenses as tryon did.
+    tryon = create("tryon", {"rx": rx, "pd": 62, "draw_frame": False})
+    remove = create("remove", {"rx": rx, "pd": 62, "fit_frames": 0})
     for name, frame, ctx in posed_frames:
         worn = tryon.apply(frame, ctx)
         back = remove.apply(worn, ctx)
@@ -142,7 +143,7 @@ def test_remove_auto_estimates_then_corrects(clip_frames, landmarker_model) -> N
             assert out is worn[k]
             passed_while_busy += bg._pending is not None and not bg._pending.done()
         i += 1
-        time.sleep(0.02)
+        time.sleep(0.002)  # a frame interval would let a fast analysis finish between frames
     bg.close()
     assert passed_while_busy > 0  # frames went through while the analysis was running
     assert bg.estimate is not None and abs(bg.estimate.sphere + 6.0) <= 0.5

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -95,24 +95,3 @@ def lens_mask(lens: LensLike, width: int, height: int) -> np.ndarray:
     pts = np.round(np.asarray(lens.outline_px, np.float64) * (1 << shift)).astype(np.int32)
     cv2.fillPoly(m, [pts], 255, lineType=cv2.LINE_8, shift=shift)
     return m
-
-
-def placement_available() -> bool:
-    try:
-        import models.glasses.placement  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def glasses_lenses(face: Face, camera: Pinhole, frame: Any | None = None, **kw: Any) -> tuple[Any, ...]:
-    """(right, left) lenses: D's placement of catalogue ``frame`` when available, else :func:`pose_lenses`."""
-    if frame is not None and placement_available():
-        from models.glasses.placement import place_glasses
-
-        return tuple(place_glasses(face, frame, camera, **kw).lenses)
-    if frame is not None:
-        from models.glasses.catalogue import outline_mm
-
-        return pose_lenses(face, camera, outline_mm(frame), frame_pd_mm=frame.frame_pd_mm, **kw)
-    return pose_lenses(face, camera, **kw)

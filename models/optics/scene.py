@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from models.glasses.placement import place_glasses
 from models.optics.face_depth import FaceDepth
-from models.optics.lens_geometry import glasses_lenses, placement_available
+from models.optics.lens_geometry import pose_lenses
 from models.optics.power import eye_power
 from models.optics.prescription import Prescription
 from models.optics.refraction import LensPower, LensWarp, lens_warp
@@ -26,6 +27,10 @@ class OpticsOptions:
     vertex_mm: float | None = None  # None: the prescription's vertex distance
     pantoscopic_deg: float = 8.0
     pd_mm: float | None = None  # None: the prescription's PD, else measured from the irises
+    # "pupils": lenses centred on this frame's pupils (robust when the face is seen through real lenses,
+    # whose optical centres leave the pupils undisplaced); "eyes": rigid with the head from the eye
+    # corners (steadier for try-on, where the face is seen without glasses).
+    anchor: str = "pupils"
     margin_px: int = 0  # trace this far beyond the rim (the inverse needs it)
     depth_scale: float = 0.25  # resolution of the face depth map relative to the frame
 
@@ -33,7 +38,7 @@ class OpticsOptions:
 @dataclass(frozen=True)
 class FaceOptics:
     face_id: int
-    placement: Any | None  # models.glasses.placement.GlassesPlacement when D's placement was used
+    placement: Any | None  # models.glasses.placement.GlassesPlacement; None without a catalogue frame
     lenses: tuple[Any, ...]  # (right, left) LensPlacement-like
     depth: FaceDepth
     warps: tuple[LensWarp, ...]
@@ -48,14 +53,12 @@ def place(face: Face, camera: Pinhole, rx: Prescription, frame: Any | None,
     """(placement or None, (right, left) lenses, metric scale of the scene)."""
     vertex = opts.vertex_mm if opts.vertex_mm is not None else rx.vertex_mm
     pd = opts.pd_mm if opts.pd_mm is not None else rx.total_pd_mm
-    if frame is not None and placement_available():
-        from models.glasses.placement import place_glasses
-
+    if frame is not None:
         pl = place_glasses(face, frame, camera, vertex_distance_mm=vertex, pantoscopic_deg=opts.pantoscopic_deg,
-                           pd_mm=pd)
-        return pl, tuple(pl.lenses), float(getattr(pl, "scale", 1.0))
-    lenses = glasses_lenses(face, camera, frame, vertex_distance_mm=vertex, pantoscopic_deg=opts.pantoscopic_deg,
-                            pd_mm=pd)
+                           pd_mm=pd, anchor=opts.anchor)
+        return pl, tuple(pl.lenses), float(pl.scale)
+    # No catalogue frame (e.g. training pairs): round lenses centred on the pupils.
+    lenses = pose_lenses(face, camera, vertex_distance_mm=vertex, pantoscopic_deg=opts.pantoscopic_deg, pd_mm=pd)
     return None, lenses, 1.0
 
 

@@ -45,6 +45,8 @@ class RemoveParams:
     pd: float = param(0.0, help="distance PD in mm (0 = measure from the irises)", min=0.0, max=80.0)
     vertex_mm: float = param(12.0, help="lens back vertex to cornea", min=5.0, max=25.0)
     pantoscopic_deg: float = param(8.0, help="lens tilt, bottoms towards the cheeks", min=0.0, max=20.0)
+    anchor: str = param("eyes", help="frame rigid with the head (eye corners) or centred on the pupils (follows gaze)",
+                        choices=("eyes", "pupils"))
     fit_frames: int = param(5, help="frames used to fit the frame's size and height to the video (0 = as listed)",
                             min=0, max=60)
     auto_frames: int = param(12, help="rx=auto: frames to analyse before correcting", min=1, max=300)
@@ -82,7 +84,7 @@ class Remove(Filter):
         rx = build_rx("plano" if self._auto else p.rx, "", "", p.pd, p.vertex_mm)
         self._frame = load_frame(DETECT_FALLBACK_FRAME if p.frame == "detect" else p.frame)
         self._opts = OpticsOptions(strength=p.strength, lenses=p.lens, pantoscopic_deg=p.pantoscopic_deg,
-                                   margin_px=3)
+                                   anchor=p.anchor, margin_px=3)
         self._estimator = SphereEstimator() if self._auto else None
         self._pending: Future[bool] | None = None  # a background add_frame of the current estimator
         self._fitter = FrameFitter(self._frame) if p.fit_frames > 0 else None
