@@ -10,7 +10,7 @@ the face's region of interest, alpha-blended.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -109,3 +109,47 @@ def render_png_frame(image_rgb: np.ndarray, png: PngFrame, placement: GlassesPla
     blended = roi * (1.0 - a) + warped[:, :, :3].astype(np.float32) * a
     out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def _hole_outline_px(mask: np.ndarray, n_points: int) -> np.ndarray:
+    """(n, 2) evenly resampled outer contour of one hole mask (PNG pixels)."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    c = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
+    seg = np.linalg.norm(np.diff(np.vstack([c, c[:1]]), axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    t = np.linspace(0.0, s[-1], n_points, endpoint=False)
+    closed = np.vstack([c, c[:1]])
+    return np.column_stack([np.interp(t, s, closed[:, 0]), np.interp(t, s, closed[:, 1])])
+
+
+def png_placement(png: PngFrame, placement: GlassesPlacement, camera: Pinhole,
+                  n_points: int = 96) -> GlassesPlacement:
+    """``placement`` with each lens opening replaced by the PNG's hole, mapped onto the frame plane.
+
+    The optical centres stay where the fit put them (in front of the pupils); only the outline that
+    bounds the refraction, the masks and the tint changes. Image-left hole = the subject's right lens.
+    """
+    s = png.mm_per_px
+    u0, v0 = png.origin_px
+    m = placement.frame_to_cam
+    lenses = []
+    for lens, mask in zip(placement.lenses, png.hole_masks, strict=True):
+        uv = _hole_outline_px(mask, n_points)
+        frame_pts = np.column_stack([(uv[:, 0] - u0) * s, -(uv[:, 1] - v0) * s, np.zeros(len(uv))])
+        cam_pts = frame_pts @ m[:3, :3].T + m[:3, 3]
+        lenses.append(replace(lens, outline_cam_mm=cam_pts, outline_px=camera.project(cam_pts).astype(np.float32)))
+    return replace(placement, lenses=(lenses[0], lenses[1]))
+
+
+def read_png_frame(path: str, frame_pd_mm: float | None = None) -> PngFrame:
+    """Load a front-view glasses PNG with alpha from disk (clear ValueError on any problem)."""
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"{path!r}: a glasses image must be a .png with an alpha channel")
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot read {path!r} as an image")
+    if img.ndim != 3 or img.shape[2] != 4:
+        raise ValueError(f"{path!r} has no alpha channel: the lens openings must be transparent")
+    if img.dtype != np.uint8:
+        img = (img / 257).astype(np.uint8)  # 16-bit PNGs
+    return load_png_frame(cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA), frame_pd_mm=frame_pd_mm)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from models.glasses.placement import place_glasses
+from models.glasses.user_png import png_placement
 from models.optics.face_depth import FaceDepth
 from models.optics.lens_geometry import pose_lenses
 from models.optics.power import eye_power
@@ -31,6 +32,7 @@ class OpticsOptions:
     # whose optical centres leave the pupils undisplaced); "eyes": rigid with the head from the eye
     # corners (steadier for try-on, where the face is seen without glasses).
     anchor: str = "pupils"
+    png: Any | None = None  # models.glasses.user_png.PngFrame: its holes bound the lenses instead
     margin_px: int = 0  # trace this far beyond the rim (the inverse needs it)
     depth_scale: float = 0.25  # resolution of the face depth map relative to the frame
 
@@ -56,6 +58,8 @@ def place(face: Face, camera: Pinhole, rx: Prescription, frame: Any | None,
     if frame is not None:
         pl = place_glasses(face, frame, camera, vertex_distance_mm=vertex, pantoscopic_deg=opts.pantoscopic_deg,
                            pd_mm=pd, anchor=opts.anchor)
+        if opts.png is not None:
+            pl = png_placement(opts.png, pl, camera)
         return pl, tuple(pl.lenses), float(pl.scale)
     # No catalogue frame (e.g. training pairs): round lenses centred on the pupils.
     lenses = pose_lenses(face, camera, vertex_distance_mm=vertex, pantoscopic_deg=opts.pantoscopic_deg, pd_mm=pd)

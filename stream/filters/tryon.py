@@ -13,6 +13,7 @@ import numpy as np
 
 from models.glasses.placement import IrisScale
 from models.glasses.render import RenderStyle, render_glasses
+from models.glasses.user_png import read_png_frame, render_png_frame
 from models.optics.filter_params import build_rx, frame_names, load_frame, parse_rgba
 from models.optics.prescription import LENS_INDICES
 from models.optics.refraction import apply_warps
@@ -30,6 +31,8 @@ class TryonParams:
     od: str = param("", help="right eye only (overrides rx), e.g. '-3.50 -0.75 x 170'")
     os: str = param("", help="left eye only (overrides rx)")
     frame: str = param("round", help="frame from the catalogue", choices=FRAMES or None)
+    png: str = param("", help="path to your own glasses: a front-view .png whose lens openings are transparent "
+                     "(sized like the catalogue frame's A+DBL)")
     color: str = param("", help="frame colour #RRGGBB (empty: the catalogue's)")
     tint: str = param("#00000000", help="lens tint #RRGGBBAA (alpha = strength at the top)")
     opacity: float = param(1.0, help="multiplies the tint alpha", min=0.0, max=1.0)
@@ -78,8 +81,14 @@ class Tryon(Filter):
         tint = parse_rgba(p.tint, "tint")
         self._rx, self._frame, self._color, self._tint = rx, frame, color, tint
         self._powers = lens_powers(rx)
+        self._png = None
+        if p.png.strip():
+            try:
+                self._png = read_png_frame(p.png.strip(), frame_pd_mm=frame.frame_pd_mm)
+            except ValueError as e:
+                raise FilterError(f"png: {e}") from None
         self._opts = OpticsOptions(strength=p.strength if p.refraction else 0.0, lenses=p.lens,
-                                   pantoscopic_deg=p.pantoscopic_deg, anchor=p.anchor)
+                                   pantoscopic_deg=p.pantoscopic_deg, anchor=p.anchor, png=self._png)
 
     def _face_options(self, face: Face, ctx: FrameContext) -> OpticsOptions:
         """Per face: without a given PD, the glasses' scale comes from that person's iris size.
@@ -118,6 +127,8 @@ class Tryon(Filter):
     def _draw(self, image: np.ndarray, face: Face, fo: FaceOptics, ctx: FrameContext) -> np.ndarray:
         """Rims, bridge, temples hidden by the head, and the tint, on top of the refracted image."""
         p = self.params
+        if self._png is not None:  # the user's own frame; its lenses' alpha is their tint
+            return render_png_frame(image, self._png, fo.placement, ctx.camera)
         r, g, b, a = self._tint
         style = RenderStyle(color_rgb=self._color, tint_rgba=(r, g, b, round(a * p.opacity)), gradient=p.gradient)
         return render_glasses(image, fo.placement, self._frame, style, face, ctx.camera)
