@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +98,36 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+class _SearchSchedule:
+    """When to run the max-faces landmarker: always while several faces are in view, otherwise
+    every ``every`` frames to discover new ones (the first frame always searches)."""
+
+    SETTLE_FRAMES = 5  # frames with at most one face before dropping back to the one-face landmarker
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.multi_mode = True
+        self._since_search = 0
+        self._few = 0
+
+    def use_multi(self) -> bool:
+        if self.multi_mode:
+            return True
+        self._since_search += 1
+        if self._since_search >= self.every:
+            self._since_search = 0
+            return True
+        return False
+
+    def observe(self, n_faces: int, used_multi: bool) -> None:
+        if n_faces >= 2:
+            self.multi_mode, self._few = True, 0
+        elif self.multi_mode:
+            self._few += 1
+            if self._few >= self.SETTLE_FRAMES:
+                self.multi_mode, self._since_search = False, 0
+
+
 class FaceTracker:
     """Tracks up to ``config.max_faces`` faces in a video stream. Not thread-safe; close() it."""
 
@@ -107,26 +138,36 @@ class FaceTracker:
         self.config = config or TrackerConfig()
         self._mp = mp
         path = model_path(self.config.model_path)
-        opts = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(path)),
-            running_mode=vision.RunningMode.VIDEO,
-            num_faces=self.config.max_faces,
-            min_face_detection_confidence=self.config.min_detection_confidence,
-            min_face_presence_confidence=self.config.min_presence_confidence,
-            min_tracking_confidence=self.config.min_tracking_confidence,
-            output_face_blendshapes=self.config.blendshapes,
-            output_facial_transformation_matrixes=True,
-        )
-        self._landmarker = vision.FaceLandmarker.create_from_options(opts)
+
+        def landmarker(num_faces: int) -> Any:
+            opts = vision.FaceLandmarkerOptions(
+                base_options=BaseOptions(model_asset_path=str(path)),
+                running_mode=vision.RunningMode.VIDEO,
+                num_faces=num_faces,
+                min_face_detection_confidence=self.config.min_detection_confidence,
+                min_face_presence_confidence=self.config.min_presence_confidence,
+                min_tracking_confidence=self.config.min_tracking_confidence,
+                output_face_blendshapes=self.config.blendshapes,
+                output_facial_transformation_matrixes=True,
+            )
+            return vision.FaceLandmarker.create_from_options(opts)
+
+        self._landmarker = landmarker(self.config.max_faces)
+        self._single = None
+        if self.config.max_faces > 1 and self.config.search_every_n_frames > 0:
+            self._single = landmarker(1)
+        self._search = _SearchSchedule(self.config.search_every_n_frames)
+        self.calls = {"single": 0, "multi": 0}  # landmarker runs, for tests and benchmarks
         self._tracks: list[_Track] = []
         self._next_id = 0
         self._last_ts_ms = -1
         self._last_track_s: float | None = None
 
     def close(self) -> None:
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
+        for lm in (self._landmarker, self._single):
+            if lm is not None:
+                lm.close()
+        self._landmarker = self._single = None
 
     def __enter__(self) -> FaceTracker:
         return self
@@ -142,9 +183,12 @@ class FaceTracker:
         h, w = rgb.shape[:2]
         ts = max(int(timestamp_ms), self._last_ts_ms + 1)
         self._last_ts_ms = ts
-        result = self._landmarker.detect_for_video(
-            self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb), ts
-        )
+        use_multi = self._single is None or self._search.use_multi()
+        self.calls["multi" if use_multi else "single"] += 1
+        landmarker = self._landmarker if use_multi else self._single
+        result = landmarker.detect_for_video(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb), ts)
+        if self._single is not None:
+            self._search.observe(len(result.face_landmarks), used_multi=use_multi)
         faces = []
         for i, lms in enumerate(result.face_landmarks):
             arr = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], dtype=np.float32)

@@ -1,0 +1,62 @@
+"""The face search schedule: one-face landmarker while one face is in view, periodic search for more."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.config import TrackerConfig
+from stream.tracking import FaceTracker, _SearchSchedule
+
+
+def test_schedule_starts_searching_settles_then_searches_periodically() -> None:
+    s = _SearchSchedule(every=10)
+    used = []
+    for _ in range(40):
+        m = s.use_multi()
+        used.append(m)
+        s.observe(1, used_multi=m)
+    # First SETTLE_FRAMES frames search (a new stream may hold several faces), then every 10th.
+    assert used[: _SearchSchedule.SETTLE_FRAMES] == [True] * _SearchSchedule.SETTLE_FRAMES
+    rest = used[_SearchSchedule.SETTLE_FRAMES:]
+    assert sum(rest) == len(rest) // 10
+    assert [i for i, m in enumerate(rest) if m] == [9, 19, 29][: sum(rest)]
+
+
+def test_schedule_stays_on_max_faces_while_two_are_seen() -> None:
+    s = _SearchSchedule(every=10)
+    for _ in range(20):  # settle on one face
+        s.observe(1, used_multi=s.use_multi())
+    while not s.use_multi():  # until the periodic search ...
+        s.observe(1, used_multi=False)
+    s.observe(2, used_multi=True)  # ... finds a second face
+    assert all(s.use_multi() for _ in range(5))
+    for _ in range(_SearchSchedule.SETTLE_FRAMES):
+        s.observe(1, used_multi=True)
+    assert not s.use_multi()  # one face again for a while: back to the cheap landmarker
+
+
+def test_one_face_clip_mostly_uses_the_one_face_landmarker(clip_frames, landmarker_model) -> None:
+    clip = clip_frames("liveportrait_d12", n=90)
+    cfg = TrackerConfig(max_faces=2, search_every_n_frames=30, model_path=str(landmarker_model))
+    with FaceTracker(cfg) as tracker:
+        found = [len(tracker.track(f, t)) for f, t in zip(clip.frames, clip.times_s, strict=True)]
+        calls = dict(tracker.calls)
+    assert found == [1] * 90
+    assert calls["multi"] <= _SearchSchedule.SETTLE_FRAMES + 90 // 30
+    assert calls["single"] == 90 - calls["multi"]
+
+
+def test_second_face_appearing_is_found_within_one_search_period(clip_frames, landmarker_model) -> None:
+    a = clip_frames("liveportrait_d12", n=40)
+    b = clip_frames("liveportrait_d0", n=40)
+    cfg = TrackerConfig(max_faces=2, search_every_n_frames=10, model_path=str(landmarker_model))
+    blank = np.full_like(b.frames[0], 127)
+    counts = []
+    with FaceTracker(cfg) as tracker:
+        for i in range(40):
+            right = b.frames[i] if i >= 15 else blank  # the second person steps in at frame 15
+            counts.append(len(tracker.track(np.ascontiguousarray(np.hstack([a.frames[i], right])), i / 25.0)))
+    assert counts[:15] == [1] * 15
+    first_two = counts.index(2)
+    assert 15 <= first_two <= 15 + 10
+    assert all(c == 2 for c in counts[first_two:])
