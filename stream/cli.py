@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("fetch-model", help="download and verify the face landmarker model")
     sub.add_parser("filters", help="list filters and their parameters")
+
+    from export.cli import add_parser as add_export_parser
+
+    add_export_parser(sub)
+
+    from models.training.cli import add_parsers as add_training_parsers
+
+    add_training_parsers(sub)  # train, eval
     return p
 
 
@@ -96,6 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stream.file_mode import run_process
 
         return run_process(args, parse_extra_params(extra))
+    if args.command == "export":
+        from export.cli import run as run_export
+
+        return run_export(args)
+    if args.command in ("train", "eval"):
+        from models.training.cli import run as run_training_command
+
+        return run_training_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
