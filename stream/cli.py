@@ -1,4 +1,4 @@
-"""`rxstream` command line: serve, process, fetch-model (later stages add train/eval/export)."""
+"""`rxstream` command line: serve, process, fetch-model, filters, export, train, eval."""
 
 from __future__ import annotations
 
