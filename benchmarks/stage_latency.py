@@ -33,6 +33,7 @@ import numpy as np
 
 from benchmarks.stats import machine_info, summarize, write_json
 from stream.config import TrackerConfig
+from stream.frame_convert import from_rgb, to_rgb
 from stream.pipeline import FramePipeline
 from stream.tracking import FaceTracker
 
@@ -97,11 +98,12 @@ class ChainRun:
 
     def step(self, yuv: av.VideoFrame, timestamp_s: float, index: int, record: bool) -> None:
         t0 = time.perf_counter()
-        rgb = yuv.to_ndarray(format="rgb24")
+        rgb = to_rgb(yuv)
         t1 = time.perf_counter()
         out, result = self.pipeline.process(rgb, timestamp_s)
         t2 = time.perf_counter()
-        back = av.VideoFrame.from_ndarray(out, format="rgb24").reformat(format="yuv420p")
+        # As the server does (stream/processed_track.py): untouched frames go out as decoded.
+        back = yuv if out is rgb else from_rgb(out).reformat(format="yuv420p")
         back.pts, back.time_base = round(timestamp_s / RTP_TIME_BASE), RTP_TIME_BASE
         t3 = time.perf_counter()
         enc_ms = {}

@@ -28,6 +28,7 @@ import numpy as np
 from stream import filters as registry
 from stream.config import TrackerConfig
 from stream.filters.base import FilterError
+from stream.frame_convert import from_rgb
 from stream.model_asset import ModelAssetError, model_path
 from stream.pipeline import FilterSpec, FramePipeline, FrameResult
 
@@ -271,7 +272,7 @@ def _video_frame(
     processed, result = pipeline.process(rgb, timestamp)
     t2 = time.perf_counter()
     # Explicit size: a mid-stream resolution change is scaled back to the size the encoder was opened with.
-    new = av.VideoFrame.from_ndarray(processed, format="rgb24").reformat(vout.width, vout.height, vout.pix_fmt)
+    new = from_rgb(processed).reformat(vout.width, vout.height, vout.pix_fmt)
     new.pts = nudge(frame.pts, round(index / (rate * time_base)))
     new.time_base = time_base
     if frame.duration:

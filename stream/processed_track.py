@@ -22,6 +22,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from stream.frame_convert import from_rgb, to_rgb
 from stream.pipeline import FramePipeline, FrameResult
 
 log = logging.getLogger(__name__)
@@ -128,14 +129,12 @@ def _process_frame(pipeline: FramePipeline, frame: av.VideoFrame, timestamp_s: f
                    ) -> tuple[av.VideoFrame, FrameResult, float, float]:
     """Worker-thread body: decode to RGB, run the chain, encode back; returns conversion times (ms)."""
     t0 = time.perf_counter()
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb = to_rgb(frame)
     t1 = time.perf_counter()
     out_rgb, result = pipeline.process(rgb, timestamp_s)
     t2 = time.perf_counter()
-    out = av.VideoFrame.from_ndarray(np.ascontiguousarray(out_rgb), format="rgb24")
-    # The sender derives RTP timestamps from pts/time_base: keeping them keeps A/V timing intact.
-    out.pts = frame.pts
-    out.time_base = frame.time_base
+    # Untouched (passthrough, no face): send the decoded frame itself, no conversion back.
+    out = frame if out_rgb is rgb else from_rgb(out_rgb, like=frame)
     t3 = time.perf_counter()
     return out, result, (t1 - t0) * 1e3, (t3 - t2) * 1e3
 
