@@ -34,7 +34,15 @@ class Pinhole:
         """(..., 3) camera-space points (mm, z > 0) -> (..., 2) pixel coordinates."""
         p = np.asarray(points, dtype=np.float64)
         z = p[..., 2]
-        return np.stack([self.cx + self.fx * p[..., 0] / z, self.cy + self.fy * p[..., 1] / z], axis=-1)
+        # Same operations in the same order as cx + fx * x / z, written in place: np.stack's
+        # temporaries cost more than the arithmetic on the small arrays this is called with.
+        out = np.empty((*p.shape[:-1], 2))
+        for k, (f, c) in enumerate(((self.fx, self.cx), (self.fy, self.cy))):
+            o = out[..., k]
+            np.multiply(p[..., k], f, out=o)
+            np.divide(o, z, out=o)
+            np.add(o, c, out=o)
+        return out
 
     def rays(self, pixels: np.ndarray) -> np.ndarray:
         """(..., 2) pixel coordinates -> (..., 3) ray directions with z == 1."""

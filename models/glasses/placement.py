@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -223,16 +224,51 @@ def intersect_line_plane(origin: np.ndarray, direction: np.ndarray, point: np.nd
 # --- placement ------------------------------------------------------------------------------------
 
 
+def _readonly(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        a.flags.writeable = False
+
+
+@lru_cache(maxsize=256)
 def _lens_basis(side: str, frame: FrameSpec) -> tuple[np.ndarray, np.ndarray]:
     """(pivot (3,), M (3x3)) mapping lens-2D coordinates (x to the temple, y up) into frame coordinates.
 
     Face-form wrap turns each lens about a vertical axis through its nasal edge, temple side back,
-    so the bridge stays in the frame plane and the end pieces move towards the ears.
+    so the bridge stays in the frame plane and the end pieces move towards the ears. Cached (read-only):
+    it depends on the frame only.
     """
     sign = 1.0 if side == "left" else -1.0
     pivot = np.array([sign * frame.bridge_mm / 2.0, 0.0, 0.0])
     m = rot_y(sign * frame.wrap_deg) @ np.diag([sign, 1.0, 1.0])
+    _readonly(pivot, m)
     return pivot, m
+
+
+@dataclass(frozen=True)
+class _LensModel:
+    """One lens of a frame in frame-model coordinates (mm): everything placement needs that does not
+    depend on the face, computed once per frame spec and side."""
+
+    axes: np.ndarray  # (3, 3) rows: lens u, v, n in frame coordinates (before the frame's rotation)
+    inner: np.ndarray  # (N, 3) lens opening
+    outer: np.ndarray  # (N, 3) outer edge of the rim
+    box: np.ndarray  # (1, 3) boxing centre
+    hinge: np.ndarray  # (1, 3) end piece, on the front
+
+
+@lru_cache(maxsize=64)
+def _lens_model(frame: FrameSpec, side: str) -> _LensModel:
+    _, m = _lens_basis(side, frame)
+    sign = 1.0 if side == "left" else -1.0
+    inner2d = np.asarray(outline_mm(frame, OUTLINE_POINTS))
+    outer2d = offset_outline(inner2d, rim_widths_mm(frame, inner2d))
+    temple_idx = int(np.argmax(outer2d[:, 0] - 0.05 * np.abs(outer2d[:, 1])))  # outermost, near mid-height
+    hinge2d = outer2d[temple_idx] + np.array([frame.endpiece_mm, 0.0])
+    axes = np.array([m @ np.array([sign, 0.0, 0.0]), m @ np.array([0.0, 1.0, 0.0]), m @ np.array([0.0, 0.0, 1.0])])
+    model = _LensModel(axes, lens_to_frame(inner2d, side, frame), lens_to_frame(outer2d, side, frame),
+                       lens_to_frame(np.zeros((1, 2)), side, frame), lens_to_frame(hinge2d[None], side, frame))
+    _readonly(model.axes, model.inner, model.outer, model.box, model.hinge)
+    return model
 
 
 def lens_to_frame(points2d: np.ndarray, side: str, frame: FrameSpec) -> np.ndarray:
@@ -322,39 +358,39 @@ def place_glasses(face: Face, frame: FrameSpec, camera: Pinhole, *, vertex_dista
     def to_cam(p: np.ndarray) -> np.ndarray:
         return p @ r_frame.T + origin
 
-    inner2d = np.asarray(outline_mm(frame, OUTLINE_POINTS))
-    outer2d = offset_outline(inner2d, rim_widths_mm(frame, inner2d))
     lenses = []
     for i, side in enumerate(("right", "left")):
-        pivot, m = _lens_basis(side, frame)
+        pivot, _ = _lens_basis(side, frame)
+        model = _lens_model(frame, side)
         sign = 1.0 if side == "left" else -1.0
-        u = r_frame @ (m @ np.array([sign, 0.0, 0.0]))  # lens-x points to the temple; u to image right
-        v = r_frame @ (m @ np.array([0.0, 1.0, 0.0]))
-        n = r_frame @ (m @ np.array([0.0, 0.0, 1.0]))
+        u = r_frame @ model.axes[0]  # lens-x points to the temple; u to image right
+        v = r_frame @ model.axes[1]
+        n = r_frame @ model.axes[2]
         pivot_cam = to_cam(pivot)
         oc = intersect_line_plane(sight_origins[i], z_f, pivot_cam, n)
-        inner = to_cam(lens_to_frame(inner2d, side, frame))
-        outer = to_cam(lens_to_frame(outer2d, side, frame))
-        box = to_cam(lens_to_frame(np.zeros((1, 2)), side, frame))[0]
-        temple_idx = int(np.argmax(outer2d[:, 0] - 0.05 * np.abs(outer2d[:, 1])))  # outermost, near mid-height
-        hinge2d = outer2d[temple_idx] + np.array([frame.endpiece_mm, 0.0])
-        hinge = to_cam(lens_to_frame(hinge2d[None], side, frame))[0] - 3.0 * n  # hinges sit behind the front
+        inner = to_cam(model.inner)
+        outer = to_cam(model.outer)
+        box = to_cam(model.box)[0]
+        hinge = to_cam(model.hinge)[0] - 3.0 * n  # hinges sit behind the front
         hinge = hinge.astype(np.float64)
         ear_anchor = pts[EAR_LANDMARKS[i]] + sign * EAR_OUTSIDE_MM * x_f - EAR_BEHIND_OVAL_MM * z_f
         ear = _temple_end(hinge, ear_anchor, r_frame, frame.temple_length_mm)
+        # One projection for the opening, the rim and the optical centre (element-wise: same values).
+        px = camera.project(np.vstack([inner, outer, oc[None]]))
+        k = len(inner)
         lenses.append(LensPlacement(
             side=side,
-            outline_px=camera.project(inner).astype(np.float32),
+            outline_px=px[:k].astype(np.float32),
             outline_cam_mm=inner,
             optical_center_cam_mm=oc,
-            optical_center_px=camera.project(oc).astype(np.float32),
+            optical_center_px=px[-1].astype(np.float32),
             normal_cam=n,
             u_cam=u,
             v_cam=v,
             vertex_distance_mm=vertex_distance_mm,
             boxing_center_cam_mm=box,
             rim_outer_cam_mm=outer,
-            rim_outer_px=camera.project(outer).astype(np.float32),
+            rim_outer_px=px[k:-1].astype(np.float32),
             hinge_cam_mm=hinge,
             ear_cam_mm=ear,
         ))

@@ -102,7 +102,7 @@ class _Canvas:
             for p in polys:
                 q = np.round((np.asarray(p, np.float64) - off) * (1 << _SHIFT)).astype(np.int32)
                 cv2.fillPoly(m, [q], int(value), lineType=self.line, shift=_SHIFT)
-        return _Layer(m.astype(np.float32) * (1.0 / 255.0), x0, y0)
+        return _Layer(np.multiply(m, np.float32(1.0 / 255.0), dtype=np.float32), x0, y0)  # one pass
 
     def disc(self, center_px: np.ndarray, radius_px: float, like: _Layer) -> np.ndarray:
         """A filled circle rasterised into the window of ``like`` (same shape as its alpha)."""
@@ -124,7 +124,8 @@ def _over(roi: np.ndarray, layer: _Layer | None, color: np.ndarray, opacity: flo
     a = layer.alpha * np.float32(opacity) if opacity != 1.0 else layer.alpha
     flat = np.empty_like(win)
     flat[:] = np.clip(np.round(color), 0, 255).astype(np.uint8)
-    win[...] = cv2.blendLinear(win, flat, 1.0 - a, a)
+    # Blend straight into the output view (cv2 writes through the strided ROI: no temporary image).
+    cv2.blendLinear(win, flat, 1.0 - a, a, dst=win)
 
 
 def _roi(points_px: np.ndarray, width: int, height: int, margin: int = 4) -> tuple[int, int, int, int] | None:
@@ -156,6 +157,25 @@ def _frame_geometry(spec: FrameSpec, n: int) -> dict[str, np.ndarray]:
     }
 
 
+@lru_cache(maxsize=128)
+def _front_model(spec: FrameSpec, n: int, side: str) -> np.ndarray:
+    """One side's outer rim, end-piece root and nose pad in frame-model coordinates (mm), cached."""
+    geo = _frame_geometry(spec, n)
+    pts = lens_to_frame(np.vstack([geo["outer"], geo["rim_root"], geo["pad"]]), side, spec)
+    pts.flags.writeable = False
+    return pts
+
+
+@lru_cache(maxsize=128)
+def _bridge_model(spec: FrameSpec) -> np.ndarray:
+    """Bridge centre line in frame-model coordinates (mm), cached."""
+    xs = np.linspace(-spec.bridge_mm / 2.0, spec.bridge_mm / 2.0, 9)  # ends on the rims, not in the openings
+    arch = 1.2 * (1.0 - (xs / xs[-1]) ** 2)  # a slight arch over the nose
+    pts = np.column_stack([xs, spec.bridge_height_mm + arch, np.zeros_like(xs)])
+    pts.flags.writeable = False
+    return pts
+
+
 def _to_cam(placement: GlassesPlacement, p_frame: np.ndarray) -> np.ndarray:
     m = placement.frame_to_cam
     return p_frame @ m[:3, :3].T + m[:3, 3]
@@ -166,12 +186,16 @@ def _ribbon(top_px: np.ndarray, bottom_px: np.ndarray) -> np.ndarray:
 
 
 def render_glasses(image_rgb: np.ndarray, placement: GlassesPlacement, frame: FrameSpec, style: RenderStyle,
-                   face: Face, camera: Pinhole) -> np.ndarray:
-    """A copy of ``image_rgb`` with the frame drawn on (RGB uint8 in, RGB uint8 out)."""
+                   face: Face, camera: Pinhole, *, inplace: bool = False) -> np.ndarray:
+    """A copy of ``image_rgb`` with the frame drawn on (RGB uint8 in, RGB uint8 out).
+
+    ``inplace``: draw into ``image_rgb`` itself and return it (callers that own a fresh frame save a
+    full-frame copy).
+    """
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image, got {image_rgb.dtype} {image_rgb.shape}")
     h, w = image_rgb.shape[:2]
-    out = image_rgb.copy()
+    out = image_rgb if inplace else image_rgb.copy()
     spec = frame if style.rim_thickness_mm is None else replace(frame, rim_thickness_mm=style.rim_thickness_mm)
     color = np.array(style.color_rgb if style.color_rgb is not None else spec.color_rgb, np.float32)
     y_cam = placement.frame_to_cam[:3, 1]
@@ -182,14 +206,11 @@ def render_glasses(image_rgb: np.ndarray, placement: GlassesPlacement, frame: Fr
     k_out, k_pad = len(geo["outer"]), len(geo["pad"])
     front3d = []
     for ln in lenses:
-        pts = lens_to_frame(np.vstack([geo["outer"], geo["rim_root"], geo["pad"]]), ln.side, spec)
-        cam_pts = _to_cam(placement, pts)
+        cam_pts = _to_cam(placement, _front_model(spec, len(placement.lenses[0].outline_px), ln.side))
         cam_pts[k_out + 1:] -= 4.0 * ln.normal_cam  # nose pads sit behind the lens plane
         front3d.append(cam_pts)
     bw = max(1.6, float(spec.rim_thickness_mm))
-    xs = np.linspace(-spec.bridge_mm / 2.0, spec.bridge_mm / 2.0, 9)  # ends on the rims, not in the openings
-    arch = 1.2 * (1.0 - (xs / xs[-1]) ** 2)  # a slight arch over the nose
-    bridge_c = _to_cam(placement, np.column_stack([xs, spec.bridge_height_mm + arch, np.zeros_like(xs)]))
+    bridge_c = _to_cam(placement, _bridge_model(spec))
     ends = [np.vstack([f3[k_out], ln.hinge_cam_mm]) for f3, ln in zip(front3d, lenses, strict=True)]
     eh = y_cam * (max(2.5, bw) / 2.0)
     th = y_cam * (_TEMPLE_HEIGHT_MM / 2.0)

@@ -58,33 +58,48 @@ def rasterize_depth(points_px: np.ndarray, z: np.ndarray, triangles: np.ndarray,
     ``points_px`` (V, 2) are vertex positions in the raster's pixel units (pixel centres at integers),
     ``z`` (V,) their depths. Depth is interpolated as 1/z, which is exact for planar triangles under
     perspective. Vectorised over (triangle, candidate pixel) pairs: no Python loop per triangle.
+    The barycentric coordinates and 1/z are affine in the pixel position, so each triangle's
+    coefficients are set up once and each pair costs one gather and three multiply-adds.
     """
     h, w = shape
-    p = points_px[triangles]  # (T, 3, 2)
-    lo = np.maximum(np.ceil(p.min(axis=1)).astype(np.int64), 0)
-    hi = np.minimum(np.floor(p.max(axis=1)).astype(np.int64), [w - 1, h - 1])
-    size = np.maximum(hi - lo + 1, 0)
-    counts = size[:, 0] * size[:, 1]
+    x = points_px[:, 0][triangles]  # (T, 3)
+    y = points_px[:, 1][triangles]
+    inv_z = 1.0 / z[triangles]
     depth = np.full(h * w, np.inf, dtype=np.float64)
+    den = (y[:, 1] - y[:, 2]) * (x[:, 0] - x[:, 2]) + (x[:, 2] - x[:, 1]) * (y[:, 0] - y[:, 2])
+    keep = np.abs(den) > 1e-12  # degenerate (zero-area) triangles cover nothing
+    x, y, inv_z, den = x[keep], y[keep], inv_z[keep], den[keep]
+    # Column-wise min/max: numpy's axis=1 reductions over 3 elements are several times slower.
+    lo_x = np.maximum(np.ceil(np.minimum(np.minimum(x[:, 0], x[:, 1]), x[:, 2])), 0).astype(np.int64)
+    lo_y = np.maximum(np.ceil(np.minimum(np.minimum(y[:, 0], y[:, 1]), y[:, 2])), 0).astype(np.int64)
+    hi_x = np.minimum(np.floor(np.maximum(np.maximum(x[:, 0], x[:, 1]), x[:, 2])), w - 1).astype(np.int64)
+    hi_y = np.minimum(np.floor(np.maximum(np.maximum(y[:, 0], y[:, 1]), y[:, 2])), h - 1).astype(np.int64)
+    size_x = np.maximum(hi_x - lo_x + 1, 0)
+    counts = size_x * np.maximum(hi_y - lo_y + 1, 0)
     total = int(counts.sum())
     if total == 0:
         return depth.reshape(h, w).astype(np.float32)
-    tid = np.repeat(np.arange(len(triangles)), counts)
-    k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    px = lo[tid, 0] + k % size[tid, 0]
-    py = lo[tid, 1] + k // size[tid, 0]
-    a, b, c = p[tid, 0], p[tid, 1], p[tid, 2]
-    den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
-    ok = np.abs(den) > 1e-12
-    den = np.where(ok, den, 1.0)
-    l0 = ((b[:, 1] - c[:, 1]) * (px - c[:, 0]) + (c[:, 0] - b[:, 0]) * (py - c[:, 1])) / den
-    l1 = ((c[:, 1] - a[:, 1]) * (px - c[:, 0]) + (a[:, 0] - c[:, 0]) * (py - c[:, 1])) / den
-    l2 = 1.0 - l0 - l1
+    # l0 = a0 x + b0 y + c0, l1 likewise; l2 = 1 - l0 - l1; 1/z = l0/z0 + l1/z1 + l2/z2.
+    a0, b0 = (y[:, 1] - y[:, 2]) / den, (x[:, 2] - x[:, 1]) / den
+    a1, b1 = (y[:, 2] - y[:, 0]) / den, (x[:, 0] - x[:, 2]) / den
+    c0 = -(a0 * x[:, 2] + b0 * y[:, 2])
+    c1 = -(a1 * x[:, 2] + b1 * y[:, 2])
+    d0, d1 = inv_z[:, 0] - inv_z[:, 2], inv_z[:, 1] - inv_z[:, 2]
+    coef = np.stack([a0, b0, c0, a1, b1, c1, a0 * d0 + a1 * d1, b0 * d0 + b1 * d1, c0 * d0 + c1 * d1 + inv_z[:, 2],
+                     lo_x, lo_y, size_x], axis=1)
+    starts = np.cumsum(counts) - counts
+    tid = np.repeat(np.arange(len(counts)), counts)
+    cf = coef[tid]  # (N, 12): one gather for everything per pair
+    k = np.arange(total) - starts[tid]
+    row, col = np.divmod(k, cf[:, 11].astype(np.int64))
+    px = cf[:, 9] + col
+    py = cf[:, 10] + row
+    l0 = cf[:, 0] * px + cf[:, 1] * py + cf[:, 2]
+    l1 = cf[:, 3] * px + cf[:, 4] * py + cf[:, 5]
+    iz = cf[:, 6] * px + cf[:, 7] * py + cf[:, 8]
     eps = -1e-9
-    inside = ok & (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
-    inv_z = 1.0 / z[triangles]  # (T, 3)
-    iz = l0 * inv_z[tid, 0] + l1 * inv_z[tid, 1] + l2 * inv_z[tid, 2]
-    np.minimum.at(depth, (py * w + px)[inside], 1.0 / iz[inside])
+    inside = (l0 >= eps) & (l1 >= eps) & (1.0 - l0 - l1 >= eps)
+    np.minimum.at(depth, (py * w + px).astype(np.int64)[inside], 1.0 / iz[inside])
     return depth.reshape(h, w).astype(np.float32)
 
 
@@ -114,9 +129,11 @@ class FaceDepth:
         tris = mesh_triangles()
         if region_px is not None:
             x0, y0, x1, y1 = ((np.asarray(region_px, np.float64) + 0.5) * scale - 0.5)
-            tp = grid[tris]
-            lo, hi = tp.min(axis=1), tp.max(axis=1)
-            tris = tris[(hi[:, 0] >= x0) & (lo[:, 0] <= x1) & (hi[:, 1] >= y0) & (lo[:, 1] <= y1)]
+            tx, ty = grid[:, 0][tris], grid[:, 1][tris]
+            tris = tris[(np.maximum(np.maximum(tx[:, 0], tx[:, 1]), tx[:, 2]) >= x0)
+                        & (np.minimum(np.minimum(tx[:, 0], tx[:, 1]), tx[:, 2]) <= x1)
+                        & (np.maximum(np.maximum(ty[:, 0], ty[:, 1]), ty[:, 2]) >= y0)
+                        & (np.minimum(np.minimum(ty[:, 0], ty[:, 1]), ty[:, 2]) <= y1)]
         depth = rasterize_depth(grid, pts[:, 2], tris, (gh, gw))
         background = float(np.mean(pts[[RIGHT_TEMPLE, LEFT_TEMPLE], 2])) + background_offset_mm
         # The mesh (with eyes and mouth closed) covers the whole face: anything uncovered is beyond it.

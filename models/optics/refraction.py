@@ -10,6 +10,7 @@ source pixel s(p): tryon output(p) = input(s(p)).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -50,8 +51,8 @@ def lens_plane_hits(rays: np.ndarray, center: np.ndarray, n: np.ndarray) -> np.n
     return rays * t[:, None]
 
 
-def trace_lens(pixels: np.ndarray, lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole) -> np.ndarray:
-    """(N, 2) source pixels s(p) for output pixels ``pixels`` (N, 2) seen through ``lens``."""
+def lens_rays(pixels: np.ndarray, lens: LensLike, power: LensPower, camera: Pinhole) -> tuple[np.ndarray, np.ndarray]:
+    """(lens-plane hits (N, 3), bent directions (N, 3)) of the camera rays through ``pixels`` (N, 2)."""
     c = np.asarray(lens.optical_center_cam_mm, np.float64)
     u = np.asarray(lens.u_cam, np.float64)
     v = np.asarray(lens.v_cam, np.float64)
@@ -60,7 +61,12 @@ def trace_lens(pixels: np.ndarray, lens: LensLike, power: LensPower, depth: Face
     hits = lens_plane_hits(rays, c, n)
     off = hits - c
     h = np.stack([off @ u, off @ v], axis=1)
-    bent = bend_rays(rays, h, power, u, v, n)
+    return hits, bend_rays(rays, h, power, u, v, n)
+
+
+def land_rays(pixels: np.ndarray, hits: np.ndarray, bent: np.ndarray, depth: FaceDepth, camera: Pinhole) -> np.ndarray:
+    """Source pixels where the bent rays from ``hits`` meet the face (rows are independent, so the
+    rays of several lenses can go through in one call)."""
     surface = depth.intersect(hits, bent)
     src = camera.project(surface)
     # Where the face is in front of the lens plane (the nose, seen past the far lens at large yaw),
@@ -68,6 +74,11 @@ def trace_lens(pixels: np.ndarray, lens: LensLike, power: LensPower, depth: Face
     occluded = depth.sample(pixels) < hits[:, 2]
     src[occluded] = pixels[occluded]
     return src
+
+
+def trace_lens(pixels: np.ndarray, lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole) -> np.ndarray:
+    """(N, 2) source pixels s(p) for output pixels ``pixels`` (N, 2) seen through ``lens``."""
+    return land_rays(pixels, *lens_rays(pixels, lens, power, camera), depth, camera)
 
 
 @dataclass(frozen=True)
@@ -86,9 +97,8 @@ class LensWarp:
 
     def displacement(self) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.mask.shape
-        gx, gy = np.meshgrid(np.arange(self.x0, self.x0 + w, dtype=np.float32),
-                             np.arange(self.y0, self.y0 + h, dtype=np.float32))
-        return self.map_x - gx, self.map_y - gy
+        return (self.map_x - np.arange(self.x0, self.x0 + w, dtype=np.float32)[None, :],
+                self.map_y - np.arange(self.y0, self.y0 + h, dtype=np.float32)[:, None])
 
 
 def outline_roi_mask(outline_px: np.ndarray, width: int, height: int,
@@ -120,6 +130,101 @@ def outline_roi_mask(outline_px: np.ndarray, width: int, height: int,
     return x0, y0, mask > 0, traced > 0
 
 
+@lru_cache(maxsize=32)
+def _fine_grid(h: int, w: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse-grid coordinates of every ROI pixel (read-only; ROI sizes repeat from frame to frame)."""
+    fx, fy = np.meshgrid(np.arange(w, dtype=np.float32) / step, np.arange(h, dtype=np.float32) / step)
+    fx.flags.writeable = fy.flags.writeable = False
+    return fx, fy
+
+
+def _identity_maps(x0: int, y0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    map_x = np.empty((h, w), np.float32)
+    map_y = np.empty((h, w), np.float32)
+    map_x[:] = np.arange(x0, x0 + w, dtype=np.float32)[None, :]
+    map_y[:] = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
+    return map_x, map_y
+
+
+@dataclass(frozen=True)
+class _Roi:
+    """One lens's ROI while its warp is built: maps start as identity; ``pix`` are the traced samples."""
+
+    x0: int
+    y0: int
+    mask: np.ndarray
+    traced: np.ndarray
+    map_x: np.ndarray
+    map_y: np.ndarray
+    pix: np.ndarray | None = None  # (N, 2) float64 pixels to trace; None: identity warp
+    cover: np.ndarray | None = None  # coarse-grid samples (step > 1)
+
+
+def _prepare(lens: LensLike, power: LensPower, camera: Pinhole, strength: float, margin_px: int,
+             step: int) -> _Roi | None:
+    roi = outline_roi_mask(lens.outline_px, camera.width, camera.height, margin_px)
+    if roi is None:
+        return None
+    x0, y0, mask, traced = roi
+    h, w = mask.shape
+    map_x, map_y = _identity_maps(x0, y0, h, w)
+    if strength <= 0.0 or power.is_zero:
+        return _Roi(x0, y0, mask, traced, map_x, map_y)
+    if step <= 1:
+        iy, ix = np.nonzero(traced)
+        pix = np.column_stack([ix + x0, iy + y0]).astype(np.float64)
+        return _Roi(x0, y0, mask, traced, map_x, map_y, pix)
+    # Coarse samples covering every traced pixel's four bilinear neighbours.
+    k = np.ones((2 * step + 1, 2 * step + 1), np.uint8)
+    cover = cv2.dilate(traced.view(np.uint8), k)[::step, ::step] > 0
+    iy, ix = np.nonzero(cover)
+    pix = np.column_stack([x0 + step * ix, y0 + step * iy]).astype(np.float64)
+    return _Roi(x0, y0, mask, traced, map_x, map_y, pix, cover)
+
+
+def _finish(r: _Roi, d: np.ndarray, strength: float, step: int) -> LensWarp:
+    """Add the traced displacements ``d`` (N, 2) to the identity maps (interpolated when step > 1)."""
+    if step <= 1:
+        full = np.zeros((*r.mask.shape, 2), np.float32)
+        full[r.traced] = (strength * d).astype(np.float32)
+    else:
+        assert r.cover is not None
+        fx, fy = _fine_grid(*r.mask.shape, step)
+        full = np.empty((*r.mask.shape, 2), np.float32)
+        coarse = np.zeros(r.cover.shape, np.float32)
+        for k in range(2):  # single-channel remaps: OpenCV's multi-channel path quantises the weights
+            coarse[r.cover] = d[:, k] * strength
+            full[..., k] = cv2.remap(coarse, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    np.add(r.map_x, full[..., 0], out=r.map_x, where=r.traced)
+    np.add(r.map_y, full[..., 1], out=r.map_y, where=r.traced)
+    return LensWarp(r.x0, r.y0, r.map_x, r.map_y, r.mask)
+
+
+def lens_warps(lenses: list[LensLike], powers: list[LensPower], depth: FaceDepth, camera: Pinhole,
+               strength: float = 1.0, margin_px: int = 0, step: int = 2) -> list[LensWarp | None]:
+    """:func:`lens_warp` of several lenses of one face, their rays landed on the face in one batch
+    (the per-call overhead of the depth intersection dominates at these array sizes)."""
+    rois = [_prepare(ln, pw, camera, strength, margin_px, step) for ln, pw in zip(lenses, powers, strict=True)]
+    todo = [(r, ln, pw) for r, ln, pw in zip(rois, lenses, powers, strict=True) if r is not None and r.pix is not None]
+    moved: list[np.ndarray] = []
+    if todo:
+        rays = [lens_rays(r.pix, ln, pw, camera) for r, ln, pw in todo]
+        pix = np.concatenate([r.pix for r, _, _ in todo])
+        src = land_rays(pix, np.concatenate([h for h, _ in rays]), np.concatenate([b for _, b in rays]), depth,
+                        camera)
+        moved = np.split(src - pix, np.cumsum([len(r.pix) for r, _, _ in todo])[:-1])
+    displacements = iter(moved)  # in the order of ``todo``, which keeps the order of ``rois``
+    out: list[LensWarp | None] = []
+    for r in rois:
+        if r is None:
+            out.append(None)
+        elif r.pix is None:
+            out.append(LensWarp(r.x0, r.y0, r.map_x, r.map_y, r.mask))
+        else:
+            out.append(_finish(r, next(displacements), strength, step))
+    return out
+
+
 def lens_warp(lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole, strength: float = 1.0,
               margin_px: int = 0, step: int = 2) -> LensWarp | None:
     """The remap field over the lens's ROI: s(p) inside the lens, identity outside; None if off-frame.
@@ -130,35 +235,7 @@ def lens_warp(lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhol
     is smooth over a lens (paraxial: linear in h on a plane), so step 2 costs a quarter and changes
     the result by far less than a pixel except right at the face outline seen through the lens.
     """
-    roi = outline_roi_mask(lens.outline_px, camera.width, camera.height, margin_px)
-    if roi is None:
-        return None
-    x0, y0, mask, traced = roi
-    h, w = mask.shape
-    gx, gy = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float32), np.arange(y0, y0 + h, dtype=np.float32))
-    map_x, map_y = gx.copy(), gy.copy()
-    if strength <= 0.0 or power.is_zero:
-        return LensWarp(x0, y0, map_x, map_y, mask)
-    if step <= 1:
-        pix = np.stack([gx[traced], gy[traced]], axis=1).astype(np.float64)
-        d = trace_lens(pix, lens, power, depth, camera) - pix
-        map_x[traced] += (strength * d[:, 0]).astype(np.float32)
-        map_y[traced] += (strength * d[:, 1]).astype(np.float32)
-        return LensWarp(x0, y0, map_x, map_y, mask)
-    # Coarse samples covering every traced pixel's four bilinear neighbours.
-    k = np.ones((2 * step + 1, 2 * step + 1), np.uint8)
-    cover = cv2.dilate(traced.astype(np.uint8), k)[::step, ::step] > 0
-    ch, cw = cover.shape
-    cx, cy = np.meshgrid(x0 + step * np.arange(cw, dtype=np.float64), y0 + step * np.arange(ch, dtype=np.float64))
-    pix = np.stack([cx[cover], cy[cover]], axis=1)
-    d = trace_lens(pix, lens, power, depth, camera) - pix
-    dx = np.zeros((ch, cw), np.float32)
-    dy = np.zeros((ch, cw), np.float32)
-    dx[cover], dy[cover] = d[:, 0] * strength, d[:, 1] * strength
-    fx, fy = np.meshgrid(np.arange(w, dtype=np.float32) / step, np.arange(h, dtype=np.float32) / step)
-    map_x[traced] += cv2.remap(dx, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[traced]
-    map_y[traced] += cv2.remap(dy, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[traced]
-    return LensWarp(x0, y0, map_x, map_y, mask)
+    return lens_warps([lens], [power], depth, camera, strength, margin_px, step)[0]
 
 
 def apply_warps(image: np.ndarray, warps: list[LensWarp], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -169,6 +246,5 @@ def apply_warps(image: np.ndarray, warps: list[LensWarp], interpolation: int = c
     for w in warps:
         roi = cv2.remap(image, w.map_x, w.map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
         h, ww = w.mask.shape
-        dst = out[w.y0:w.y0 + h, w.x0:w.x0 + ww]
-        dst[w.mask] = roi[w.mask]
+        np.copyto(out[w.y0:w.y0 + h, w.x0:w.x0 + ww], roi, where=w.mask[..., None])
     return out

@@ -13,7 +13,7 @@ from models.optics.face_depth import FaceDepth
 from models.optics.lens_geometry import pose_lenses
 from models.optics.power import eye_power
 from models.optics.prescription import Prescription
-from models.optics.refraction import LensPower, LensWarp, lens_warp
+from models.optics.refraction import LensPower, LensWarp, lens_warps
 from stream.camera import Pinhole
 from stream.face import Face
 
@@ -75,11 +75,7 @@ def face_optics(face: Face, camera: Pinhole, rx: Prescription, frame: Any | None
     region = (*(outline.min(axis=0) - m), *(outline.max(axis=0) + m))
     depth = FaceDepth.from_face(face, camera, scale=opts.depth_scale, metric_scale=metric, region_px=region)
     powers = powers or lens_powers(rx)
-    warps = []
-    for lens in lenses:
-        if lens.side not in SIDES[opts.lenses]:
-            continue
-        w = lens_warp(lens, powers[lens.side], depth, camera, opts.strength, opts.margin_px)
-        if w is not None:
-            warps.append(w)
+    traced = [lens for lens in lenses if lens.side in SIDES[opts.lenses]]
+    warps = [w for w in lens_warps(traced, [powers[lens.side] for lens in traced], depth, camera, opts.strength,
+                                   opts.margin_px) if w is not None]
     return FaceOptics(face.face_id, placement, lenses, depth, tuple(warps))

@@ -121,14 +121,15 @@ class Tryon(Filter):
         out = apply_warps(image, [w for fo in fos for w in fo.warps])
         if self.params.draw_frame:
             for face, fo in zip(ctx.faces, fos, strict=True):
-                out = self._draw(out, face, fo, ctx)
+                out = self._draw(out, face, fo, ctx, inplace=out is not image)  # never draw on the input
         return out
 
-    def _draw(self, image: np.ndarray, face: Face, fo: FaceOptics, ctx: FrameContext) -> np.ndarray:
+    def _draw(self, image: np.ndarray, face: Face, fo: FaceOptics, ctx: FrameContext,
+              inplace: bool = False) -> np.ndarray:
         """Rims, bridge, temples hidden by the head, and the tint, on top of the refracted image."""
         p = self.params
         if self._png is not None:  # the user's own frame; its lenses' alpha is their tint
             return render_png_frame(image, self._png, fo.placement, ctx.camera)
         r, g, b, a = self._tint
         style = RenderStyle(color_rgb=self._color, tint_rgba=(r, g, b, round(a * p.opacity)), gradient=p.gradient)
-        return render_glasses(image, fo.placement, self._frame, style, face, ctx.camera)
+        return render_glasses(image, fo.placement, self._frame, style, face, ctx.camera, inplace=inplace)

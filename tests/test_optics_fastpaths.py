@@ -1,0 +1,145 @@
+"""The per-frame fast paths compute what the straightforward versions do: batched lens tracing,
+the coefficient-form depth rasteriser, the in-place projection and the cached-grid warp inversion."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from models.optics.face_depth import FaceDepth, rasterize_depth
+from models.optics.inversion import _inpaint_window, invert_warp
+from models.optics.lens_geometry import RoundLens
+from models.optics.power import power_matrix
+from models.optics.refraction import LensPower, lens_warp, lens_warps, trace_lens
+from stream.camera import Pinhole
+
+W, H = 320, 240
+
+
+def _scene() -> tuple[Pinhole, tuple[RoundLens, RoundLens], FaceDepth]:
+    """Two tilted lenses in front of a bumpy surface (a real depth map, not a plane)."""
+    cam = Pinhole(300.0, 300.0, W / 2, H / 2, W, H)
+    lenses = []
+    for side, x in (("right", -32.0), ("left", 32.0)):
+        c = np.array([x, 0.0, 480.0])
+        t = np.radians(8.0)
+        u, v = np.array([1.0, 0.0, 0.0]), np.array([0.0, -np.cos(t), np.sin(t)])
+        n = np.cross(u, v)
+        ang = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        ring = c + 22.0 * np.cos(ang)[:, None] * u + 17.0 * np.sin(ang)[:, None] * v
+        lenses.append(RoundLens(side, cam.project(ring).astype(np.float32), ring, c, cam.project(c), n, u, v, 12.0))
+    yy, xx = np.mgrid[0:H // 4, 0:W // 4]
+    bumps = (500.0 + 6.0 * np.sin(xx / 5.0) * np.cos(yy / 7.0)).astype(np.float32)
+    return cam, (lenses[0], lenses[1]), FaceDepth(bumps, 0.25, cam, 520.0)
+
+
+def _reference_rasterize(points_px: np.ndarray, z: np.ndarray, triangles: np.ndarray,
+                         shape: tuple[int, int]) -> np.ndarray:
+    """The direct per-pair barycentric form (the rasteriser before it was put in coefficient form)."""
+    h, w = shape
+    p = points_px[triangles]
+    lo = np.maximum(np.ceil(p.min(axis=1)).astype(np.int64), 0)
+    hi = np.minimum(np.floor(p.max(axis=1)).astype(np.int64), [w - 1, h - 1])
+    size = np.maximum(hi - lo + 1, 0)
+    counts = size[:, 0] * size[:, 1]
+    depth = np.full(h * w, np.inf)
+    tid = np.repeat(np.arange(len(triangles)), counts)
+    k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    px, py = lo[tid, 0] + k % size[tid, 0], lo[tid, 1] + k // size[tid, 0]
+    a, b, c = p[tid, 0], p[tid, 1], p[tid, 2]
+    den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+    ok = np.abs(den) > 1e-12
+    den = np.where(ok, den, 1.0)
+    l0 = ((b[:, 1] - c[:, 1]) * (px - c[:, 0]) + (c[:, 0] - b[:, 0]) * (py - c[:, 1])) / den
+    l1 = ((c[:, 1] - a[:, 1]) * (px - c[:, 0]) + (a[:, 0] - c[:, 0]) * (py - c[:, 1])) / den
+    inside = ok & (l0 >= -1e-9) & (l1 >= -1e-9) & (1.0 - l0 - l1 >= -1e-9)
+    inv_z = 1.0 / z[triangles]
+    iz = l0 * inv_z[tid, 0] + l1 * inv_z[tid, 1] + (1.0 - l0 - l1) * inv_z[tid, 2]
+    np.minimum.at(depth, (py * w + px)[inside], 1.0 / iz[inside])
+    return depth.reshape(h, w).astype(np.float32)
+
+
+def test_rasterize_matches_direct_barycentric_form_on_an_overlapping_mesh() -> None:
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(-5.0, 45.0, (60, 2))  # some vertices off the raster: clipping is exercised
+    z = rng.uniform(300.0, 600.0, 60)
+    tris = rng.integers(0, 60, (150, 3))  # random, overlapping, some degenerate (repeated vertices)
+    got = rasterize_depth(pts, z, tris, (40, 36))
+    ref = _reference_rasterize(pts, z, tris, (40, 36))
+    assert np.array_equal(np.isinf(got), np.isinf(ref)) and np.isfinite(ref).sum() > 500
+    fin = np.isfinite(ref)
+    assert np.abs(got[fin] - ref[fin]).max() <= 1e-4 * ref[fin].max()
+
+
+def test_project_is_the_pinhole_formula_bit_for_bit() -> None:
+    cam = Pinhole(512.3, 498.7, 319.5, 241.25, 640, 480)
+    p = np.random.default_rng(1).uniform([-200, -150, 300], [200, 150, 900], (7, 5, 3))
+    ref = np.stack([cam.cx + cam.fx * p[..., 0] / p[..., 2], cam.cy + cam.fy * p[..., 1] / p[..., 2]], axis=-1)
+    assert np.array_equal(cam.project(p), ref) and cam.project(p[0, 0]).shape == (2,)
+
+
+@pytest.mark.parametrize(("step", "margin"), [(2, 0), (2, 3), (1, 0)])
+def test_batched_lenses_equal_separate_traces(step: int, margin: int) -> None:
+    """Landing both lenses' rays in one batch changes nothing; the field is the per-pixel trace."""
+    cam, lenses, depth = _scene()
+    powers = [LensPower(power_matrix(-6.0, -1.0, 20.0), np.zeros(2)), LensPower(power_matrix(3.0, 0.0, None),
+                                                                                np.array([0.01, 0.0]))]
+    both = lens_warps(list(lenses), powers, depth, cam, 1.0, margin, step)
+    for lens, power, w in zip(lenses, powers, both, strict=True):
+        one = lens_warp(lens, power, depth, cam, 1.0, margin, step)
+        assert w is not None and one is not None
+        assert np.array_equal(w.map_x, one.map_x) and np.array_equal(w.map_y, one.map_y)
+        assert np.array_equal(w.mask, one.mask) and (w.x0, w.y0) == (one.x0, one.y0)
+        ys, xs = np.nonzero(w.mask)
+        pix = np.column_stack([xs + w.x0, ys + w.y0]).astype(np.float64)
+        src = trace_lens(pix, lens, power, depth, cam)
+        err = np.hypot(w.map_x[ys, xs] - src[:, 0], w.map_y[ys, xs] - src[:, 1])
+        # step 1 is the trace itself (float32 maps); step 2 interpolates a smooth field.
+        assert err.max() < (1e-3 if step == 1 else 0.2)
+        outside = ~w.mask if margin == 0 else ~cv2.dilate(w.mask.view(np.uint8), np.ones((9, 9), np.uint8)).view(bool)
+        gy, gx = np.nonzero(outside)
+        assert np.array_equal(w.map_x[gy, gx], (gx + w.x0).astype(np.float32))
+
+
+def test_lens_warps_keeps_off_frame_and_identity_lenses_in_place() -> None:
+    cam, (right, left), depth = _scene()
+    gone = RoundLens("left", left.outline_px + 2000.0, left.outline_cam_mm, left.optical_center_cam_mm,
+                     left.optical_center_px, left.normal_cam, left.u_cam, left.v_cam, 12.0)
+    zero = LensPower(np.zeros((2, 2)), np.zeros(2))
+    out = lens_warps([right, gone], [zero, LensPower(power_matrix(-4.0, 0.0, None), np.zeros(2))], depth, cam)
+    assert out[1] is None and out[0] is not None
+    h, w = out[0].mask.shape
+    assert np.array_equal(out[0].map_x, np.broadcast_to(np.arange(out[0].x0, out[0].x0 + w, dtype=np.float32), (h, w)))
+
+
+def test_inverse_undoes_the_forward_warp() -> None:
+    cam, (right, _), depth = _scene()
+    fwd = lens_warp(right, LensPower(power_matrix(-5.0, 0.0, None), np.zeros(2)), depth, cam, margin_px=3)
+    assert fwd is not None
+    inv = invert_warp(fwd)
+    ok = fwd.mask & ~inv.invalid
+    assert ok.sum() > 0.9 * fwd.mask.sum()  # a minus lens: (nearly) everything has a preimage
+    # s(s⁻¹(q)) = q: sample the forward field at the preimages.
+    px = inv.warp.map_x - fwd.x0
+    py = inv.warp.map_y - fwd.y0
+    sx = cv2.remap(fwd.map_x, px, py, cv2.INTER_LINEAR)
+    qx = np.arange(fwd.x0, fwd.x0 + fwd.mask.shape[1], dtype=np.float32)[None, :]
+    assert np.abs(sx - qx)[ok].max() < 0.05
+    assert np.array_equal(inv.warp.map_x[~fwd.mask], np.broadcast_to(qx, fwd.mask.shape)[~fwd.mask])
+
+
+@pytest.mark.parametrize("hole", [(slice(20, 26), slice(30, 41)), (slice(0, 4), slice(0, 60))])
+def test_windowed_inpaint_equals_full_inpaint(hole: tuple[slice, slice]) -> None:
+    """Inpainting only the holes' box (plus the radius) gives the full-ROI result, also at the border."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:50, 0:70]
+    img = np.clip(np.dstack([xx * 3, yy * 4, xx + yy])[..., :3] + rng.integers(0, 20, (50, 70, 3)), 0, 255)
+    img = img.astype(np.uint8)
+    invalid = np.zeros((50, 70), bool)
+    invalid[hole] = True
+    invalid[44, 8] = True  # a second, separate hole widens the box
+    full = cv2.inpaint(img, invalid.astype(np.uint8), 3.0, cv2.INPAINT_TELEA)
+    got = img.copy()
+    _inpaint_window(got, invalid, 3.0)
+    assert np.array_equal(got, full) and not np.array_equal(got, img)
