@@ -44,3 +44,9 @@ def parse_rgba(text: str, name: str) -> tuple[int, int, int, int]:
         raise FilterError(f"{name}: expected #RRGGBB or #RRGGBBAA, got {text!r}")
     vals = [int(t[i:i + 2], 16) for i in range(0, len(t), 2)]
     return (vals[0], vals[1], vals[2], vals[3] if len(vals) == 4 else 255)
+
+
+def check_pd(pd: float) -> None:
+    """A filter's ``pd`` parameter: 0 means "measure it"; otherwise a plausible distance PD."""
+    if 0.0 < pd < 40.0:
+        raise ValueError(f"pd {pd:g} mm: use 40..80 mm, or 0 to measure")

@@ -10,7 +10,7 @@ from models.losses import l1_loss, ms_ssim_loss
 from models.nets import StyleAutoencoder
 from models.training.config import TrainConfig
 from models.training.data import FaceCrops, split
-from models.training.gan import discriminator_loss, generator_adversarial, null_condition, plain_discriminator
+from models.training.gan import discriminator_loss, generator_adversarial, null_condition
 from models.training.trainer import TrainTask
 
 
@@ -24,12 +24,7 @@ class AutoencoderTask(TrainTask):
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
-        self.nets = {"net": StyleAutoencoder(cfg.autoencoder).to(device),
-                     "disc": plain_discriminator(cfg.data.size, cfg.disc).to(device)}  # fmt: skip
-        self.opts = {"net": self.adam(self.nets["net"], cfg.optim.lr_g),
-                     "disc": self.adam(self.nets["disc"], cfg.optim.lr_d)}  # fmt: skip
-        if device.type == "cuda" and cfg.run.amp == "fp16":
-            self.scaler = torch.amp.GradScaler("cuda")
+        self.with_plain_discriminator(StyleAutoencoder(cfg.autoencoder))
 
     def dataset(self, which: str) -> Dataset:
         d = self.cfg.data

@@ -19,7 +19,7 @@ from models.nets import CodebookRestorer
 from models.training.autoencoder import r1_weight_at
 from models.training.config import RestorerLoss, TrainConfig
 from models.training.data import FaceCrops, split, to_tensor
-from models.training.gan import discriminator_loss, generator_adversarial, null_condition, plain_discriminator
+from models.training.gan import discriminator_loss, generator_adversarial, null_condition
 from models.training.trainer import TrainTask
 
 CODECS = ("libx264", "libvpx")
@@ -50,12 +50,7 @@ class RestorerTask(TrainTask):
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
-        self.nets = {"net": CodebookRestorer(cfg.restorer).to(device),
-                     "disc": plain_discriminator(cfg.data.size, cfg.disc).to(device)}  # fmt: skip
-        self.opts = {"net": self.adam(self.nets["net"], cfg.optim.lr_g),
-                     "disc": self.adam(self.nets["disc"], cfg.optim.lr_d)}  # fmt: skip
-        if device.type == "cuda" and cfg.run.amp == "fp16":
-            self.scaler = torch.amp.GradScaler("cuda")
+        self.with_plain_discriminator(CodebookRestorer(cfg.restorer))
 
     def dataset(self, which: str) -> Dataset:
         d = self.cfg.data

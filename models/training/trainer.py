@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from models.training.config import TrainConfig, to_dict
 from models.training.data import make_loader
+from models.training.gan import plain_discriminator
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,15 @@ class TrainTask:
         raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------------------
+    def with_plain_discriminator(self, net: nn.Module) -> None:
+        """``net`` and an unconditioned patch discriminator, their Adam optimisers, and fp16 loss scaling."""
+        cfg, device = self.cfg, self.device
+        self.nets = {"net": net.to(device), "disc": plain_discriminator(cfg.data.size, cfg.disc).to(device)}
+        self.opts = {"net": self.adam(self.nets["net"], cfg.optim.lr_g),
+                     "disc": self.adam(self.nets["disc"], cfg.optim.lr_d)}  # fmt: skip
+        if device.type == "cuda" and cfg.run.amp == "fp16":
+            self.scaler = torch.amp.GradScaler("cuda")
+
     def adam(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
         o = self.cfg.optim
         return torch.optim.Adam(module.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.optics.estimation import SphereEstimate, SphereEstimator
-from models.optics.filter_params import build_rx, frame_names, load_frame
+from models.optics.filter_params import build_rx, check_pd, frame_names, load_frame
 from models.optics.frame_fit import FrameFitter
 from models.optics.inversion import apply_inverse, invert_warp
 from models.optics.prescription import Prescription, with_sphere
@@ -55,8 +55,7 @@ class RemoveParams:
     auto_background: bool = param(True, help="rx=auto: analyse on a background thread (the video never waits)")
 
     def __post_init__(self) -> None:
-        if 0.0 < self.pd < 40.0:
-            raise ValueError(f"pd {self.pd:g} mm: use 40..80 mm, or 0 to measure")
+        check_pd(self.pd)
 
 
 class Remove(Filter):

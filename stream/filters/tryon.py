@@ -14,7 +14,7 @@ import numpy as np
 from models.glasses.placement import IrisScale
 from models.glasses.render import RenderStyle, render_glasses
 from models.glasses.user_png import read_png_frame, render_png_frame
-from models.optics.filter_params import build_rx, frame_names, load_frame, parse_rgba
+from models.optics.filter_params import build_rx, check_pd, frame_names, load_frame, parse_rgba
 from models.optics.prescription import LENS_INDICES
 from models.optics.refraction import apply_warps
 from models.optics.scene import FaceOptics, OpticsOptions, face_optics, lens_powers
@@ -49,8 +49,7 @@ class TryonParams:
     index: float = param(1.5, help="lens material refractive index", choices=LENS_INDICES)
 
     def __post_init__(self) -> None:
-        if 0.0 < self.pd < 40.0:
-            raise ValueError(f"pd {self.pd:g} mm: use 40..80 mm, or 0 to measure")
+        check_pd(self.pd)
 
 
 class Tryon(Filter):
