@@ -94,8 +94,10 @@ def config_for_size(spec: ModelSpec, size: int, overrides: dict[str, Any] | None
     for table in ("channels", "disc_channels"):
         if table in fields:
             ch = dict(getattr(cfg, table))
+            # the main table only needs the levels the net runs at (below a space-to-depth stem)
+            top = size // getattr(cfg, "stem_stride", 1) if table == "channels" else size
             r = max(ch)
-            while r < size:
+            while r < top:
                 ch[r * 2] = max(8, ch[r] // 2)
                 r *= 2
             changes[table] = ch

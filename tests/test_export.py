@@ -100,7 +100,7 @@ def test_weights_without_config_or_for_another_size_are_rejected(tmp_path: Path)
 def test_config_for_size_extends_channel_tables_and_round_trips_json() -> None:
     spec = model_spec("restorer")
     cfg = config_for_size(spec, 256)
-    assert cfg.size == 256 and cfg.channels[256] == max(8, cfg.channels[128] // 2)
+    assert cfg.size == 256 and cfg.channels[128] == max(8, cfg.channels[64] // 2) and 256 not in cfg.channels
     assert config_from_json(spec, json.loads(json.dumps(config_to_json(cfg)))) == cfg
     assert config_for_size(spec, 128) == spec.config_cls()
 

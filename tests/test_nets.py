@@ -228,7 +228,7 @@ def test_restorer_training_step_updates_codebooks_from_clean() -> None:
     y, commit, _ = restorer.restore(x, 1.0, x_clean=x_clean)
     (F.l1_loss(y, x_clean) + commit).backward()
     assert all(not torch.equal(books[r], q.codebook) for r, q in restorer.quantizers.items())
-    assert restorer.stem.weight.grad is not None and torch.isfinite(restorer.stem.weight.grad).all()
+    assert restorer.stem[1].weight.grad is not None and torch.isfinite(restorer.stem[1].weight.grad).all()
 
 
 # -- conditioning and generator -------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def test_gan_step_with_diffaugment_r1_and_feature_matching() -> None:
     )
     g_loss.backward()
     assert torch.isfinite(g_loss)
-    assert gen.stem.weight.grad is not None and gen.stem.weight.grad.abs().sum() > 0
+    assert gen.stem[1].weight.grad is not None and gen.stem[1].weight.grad.abs().sum() > 0
     assert gen.embed[0].weight.grad is not None and gen.embed[0].weight.grad.abs().sum() > 0
 
 

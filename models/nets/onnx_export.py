@@ -18,13 +18,13 @@ OPSET = 17
 # fmt: off
 TENSORRT_OPS = frozenset({
     "Abs", "Add", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat",
-    "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div", "Equal", "Erf", "Exp",
+    "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Equal", "Erf", "Exp",
     "Expand", "Flatten", "Gather", "GatherElements", "Gemm", "GlobalAveragePool", "GridSample", "Identity",
     "InstanceNormalization",
     "LeakyRelu", "Less", "Log", "MatMul", "Max", "Min", "Mul", "Neg", "Pad",
     "Pow", "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
     "Reshape", "Resize", "Shape", "Sigmoid", "Sin", "Slice", "Softmax", "Softplus", "Split",
-    "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
+    "SpaceToDepth", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 })
 # fmt: on
 

@@ -4,8 +4,8 @@
   ray-traced lens warp from ``models.optics.scene.face_optics`` (what the tryon filter applies) gives the
   target frame; both frames are aligned with the same similarity, so the target field is the optics'
   displacement carried into the crop (``d_crop = A d_frame`` for the crop map ``q = A p + t``). "remove"
-  pairs swap input and target; the optics only gives the forward field, so the field is not supervised
-  for them (``field_valid = 0``): image, mask and the mirrored loss still are.
+  pairs swap input and target, and their field is the forward field inverted by fixed-point iteration
+  (``invert_field``), so both modes are supervised.
 * ``AnalyticLensPairSource``: a closed-form paraxial stand-in on any aligned crop (no tracking/optics):
   circular lenses centred on the template's eyes whose image is the lens's spectacle magnification
   ``M = (I - d F)^-1`` about the optical centre (F: the sphero-cylindrical power matrix, d: vertex
@@ -198,8 +198,24 @@ class OpticsPairSource:
 
             x, y, mask, field = rs(x), rs(y), rs(mask), rs(field.astype(np.float32))
         if cond.mode == "remove":
-            return Pair(y, x, cond, np.zeros_like(field, np.float32), mask.astype(np.float32), False)
+            return Pair(y, x, cond, invert_field(field.astype(np.float32)), mask.astype(np.float32), True)
         return Pair(x, y, cond, field.astype(np.float32), mask.astype(np.float32), True)
+
+
+def invert_field(field: np.ndarray, iterations: int = 12) -> np.ndarray:
+    """Inverse of a backward-warp field: ``g`` with ``q + f(q) = p`` for ``q = p + g(p)``, so warping
+    ``y = x∘(id + f)`` by ``g`` gives back ``x``. Fixed point ``g(p) = -f(p + g(p))``; it contracts where
+    the lens's displacement gradient is below 1, which holds for any wearable lens (|1 - M| << 1).
+    Where a plus lens hid pixels the map is not invertible, and this returns the nearest fold point.
+    ``field`` (S, S, 2) in normalised grid units (x, y), as in ``Pair``."""
+    s = field.shape[0]
+    to_px = s / 2.0
+    f = (field * to_px).astype(np.float32)
+    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+    g = -f
+    for _ in range(iterations):
+        g = -cv2.remap(f, xs + g[..., 0], ys + g[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return (g / to_px).astype(np.float32)
 
 
 class PairDataset(torch.utils.data.Dataset):
