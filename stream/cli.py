@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from models.training.cli import add_parsers as add_training_parsers
 
-    add_training_parsers(sub)  # train, eval
+    add_training_parsers(sub)  # train, eval, publish
     return p
 
 
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from export.cli import run as run_export
 
         return run_export(args)
-    if args.command in ("train", "eval"):
+    if args.command in ("train", "eval", "publish"):
         from models.training.cli import run as run_training_command
 
         return run_training_command(args)

@@ -373,3 +373,26 @@ def test_invert_field_matches_the_closed_form_inverse_magnification() -> None:
     want = np.stack([(m - 1) * (xs - c[0]), (m - 1) * (ys - c[1])], -1) * (2.0 / s)
     inner = (np.hypot(xs - c[0], ys - c[1]) < 20)  # away from the border clamp
     assert np.abs(g - want)[inner].max() * s / 2 < 0.02  # pixels
+
+
+@pytest.mark.parametrize("model", MODEL_KINDS)
+def test_publish_writes_loadable_ema_weights_with_a_card(model: str, tmp_path: Path) -> None:
+    """``rxstream publish``: the shipped file reproduces the checkpoint's EMA network exactly."""
+    from export.models import example_inputs, load_model, model_spec
+    from models.training.evaluate import load_model as load_from_checkpoint
+    from models.training.publish import EXPORT_NAMES
+    from models.training.trainer import load_checkpoint
+    from stream.cli import main
+
+    ckpt = make_trainer(model, tmp_path / "run", run={"max_steps": 2}).train().checkpoint
+    assert main(["publish", str(ckpt), "--out", str(tmp_path / "w")]) == 0
+    name = EXPORT_NAMES[model]
+    shipped = load_model(name, SIZE, tmp_path / "w" / f"{name}.pt")
+    c = load_checkpoint(ckpt)
+    ref = load_from_checkpoint(c, load_config(model, None, c["config"]), use_ema=True)
+    feed = [torch.from_numpy(v) for v in example_inputs(model_spec(name), 2, SIZE, seed=3).values()]
+    with torch.no_grad():
+        assert torch.equal(shipped.module(*feed), ref(*feed))
+    card = json.loads((tmp_path / "w" / f"{name}.card.json").read_text())
+    assert card["step"] == 2 and card["weights"] == "ema" and "non-commercial" in card["licence"]
+    assert shipped.source.startswith(f"sha256:{card['weights_sha256']}")

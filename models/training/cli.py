@@ -31,6 +31,11 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--no-progress", action="store_true")
 
+    pb = sub.add_parser("publish", help="write a checkpoint's (EMA) weights in the shipped format + provenance card")
+    pb.add_argument("checkpoint", help="checkpoint .pt written by rxstream train")
+    pb.add_argument("--out", default="models/weights", help="weights directory (default models/weights)")
+    pb.add_argument("--no-ema", action="store_true", help="publish the raw instead of the EMA weights")
+
     e = sub.add_parser("eval", help="evaluate a checkpoint on the held-out split (JSON report + contact sheet)")
     e.add_argument("model", choices=MODEL_KINDS)
     e.add_argument("--weights", required=True, help="checkpoint .pt written by rxstream train")
@@ -66,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
             result = run_training(cfg, out, resume=args.resume)
             print(json.dumps({"step": result.step, "out": out, "checkpoint": str(result.checkpoint),
                               "stopped_by": result.stopped_by}))  # fmt: skip
+            return 0
+        if args.command == "publish":
+            from models.training.publish import publish
+
+            print(publish(args.checkpoint, args.out, use_ema=not args.no_ema))
             return 0
         from models.training.evaluate import evaluate
 
