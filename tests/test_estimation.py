@@ -14,6 +14,10 @@ drawn, four frames. Required: |error| <= 0.5 D.
 
 On a linear ramp (no texture, exact first-order model) the rim step recovers plus lenses within
 ±0.5 D, which checks the cue's geometry independently of the image content.
+
+Regression (liveportrait_d10, very smooth skin): plano and +1 D renders were read as −2.34 D with
+confidence 0.59/0.56 when the duplicate test's null used decoys at another distance than the tested
+displacement; with the distance-matched null they are not acted on.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from models.optics.estimation import EstimationConfig, SphereEstimator, minimum_sigma, refine_minimum
+from models.optics.estimation import (
+    EstimationConfig,
+    SphereEstimator,
+    duplicate_ratio,
+    minimum_sigma,
+    refine_minimum,
+    sample,
+)
 from models.optics.prescription import parse_prescription
 from models.optics.refraction import apply_warps
 from models.optics.rim_step import RimStepConfig, plane_fits, rim_steps
@@ -33,8 +44,10 @@ from tests.optics_helpers import track_frames
 
 FRAMES = 12
 USED = (5, 7, 9, 11)
-PLUS_REASON = ("plus lenses: the rim step underestimates (measured +0.45/+1.54/+4.10 D for +1/+3/+5 D): texture "
-               "inside the hidden ring is not the first-order extrapolation of either side")
+PLUS_REASON = (
+    "plus lenses: the rim step underestimates (measured +0.45/+1.54/+4.10 D for +1/+3/+5 D): texture "
+    "inside the hidden ring is not the first-order extrapolation of either side"
+)
 
 
 def remove_threshold() -> float:
@@ -58,7 +71,7 @@ def test_rim_step_of_a_shifted_ramp_is_gradient_dot_shift() -> None:
     """Inside a circle the image shows a linear ramp T shifted by δ: the step is ∇T·δ, the gradient ∇T."""
     grad, delta = np.array([0.8, -0.5]), np.array([1.5, 0.7])
     yy, xx = np.mgrid[0:200, 0:200].astype(np.float64)
-    inside = (xx - 100) ** 2 + (yy - 100) ** 2 < 50 ** 2
+    inside = (xx - 100) ** 2 + (yy - 100) ** 2 < 50**2
     img = 100.0 + grad[0] * xx + grad[1] * yy + np.where(inside, grad @ delta, 0.0)
     ang = np.linspace(0, 2 * np.pi, 256, endpoint=False)
     lens = SimpleNamespace(outline_px=np.stack([100 + 50 * np.cos(ang), 100 + 50 * np.sin(ang)], axis=1))
@@ -76,12 +89,60 @@ def test_minimum_helpers_on_a_parabola() -> None:
     assert minimum_sigma(x, x) == float("inf")  # minimum on the grid's edge: no confidence
 
 
+def test_sample_many_points_on_a_ramp() -> None:
+    """Bilinear sampling is exact on a ramp, also beyond OpenCV's 32767-row limit for remap maps."""
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    ramp = 10.0 + 0.7 * xx - 0.4 * yy
+    pts = np.random.default_rng(1).uniform(0.0, 63.0, (5, 8000, 2))
+    np.testing.assert_allclose(sample(ramp, pts), 10.0 + 0.7 * pts[..., 0] - 0.4 * pts[..., 1], atol=1e-3)
+
+
+def _straddling_pairs(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs mirrored about x = 32 (a vertical rim), 1-4 px each side."""
+    rng = np.random.default_rng(0)
+    a, y = rng.uniform(1.0, 4.0, n), rng.uniform(8.0, 56.0, n)
+    return np.stack([32.0 - a, y], axis=1), np.stack([32.0 + a, y], axis=1)
+
+
+def test_duplicate_ratio_is_one_on_any_linear_image() -> None:
+    """No lens on smooth skin: the null pairs span the same displacement, so the ratio is exactly 1. (Decoys
+    2 px beyond the predicted point are farther away, so smooth skin matched the prediction better than
+    them: 0.38 on d10 without glasses, read as a −2.3 D lens.)"""
+    yy, xx = np.mgrid[0:64, 0:66].astype(np.float32)
+    p, q = _straddling_pairs()
+    ratios = duplicate_ratio(10.0 + 0.7 * xx - 0.4 * yy, p, q, EstimationConfig().offsets, 40.0)
+    np.testing.assert_allclose(ratios, 1.0, atol=1e-4)
+
+
+def test_duplicate_ratio_finds_an_exact_copy_at_its_rim_offset() -> None:
+    """Noise mirrored about x = 32.5: the pairs (mirrored about 32) are exact copies once shifted by 0.5 px
+    in x (any y), ratio 0; at every other offset they are unrelated noise, ratio ~1."""
+    left = np.random.default_rng(2).uniform(0.0, 255.0, (64, 33)).astype(np.float32)
+    img = np.concatenate([left, left[:, ::-1]], axis=1)
+    p, q = _straddling_pairs()
+    offsets = EstimationConfig().offsets
+    ratios = duplicate_ratio(img, p, q, offsets, 40.0)
+    copy = offsets[:, 0] == 0.5
+    np.testing.assert_allclose(ratios[copy], 0.0, atol=1e-5)
+    assert np.all(ratios[~copy] > 0.8)
+
+
 # -- shared clip ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def clip(clip_frames, landmarker_model):
-    c = clip_frames("liveportrait_d0", n=FRAMES)
+def tracked_clip(clip_frames, name: str):
+    c = clip_frames(name, n=FRAMES)
     frames = list(c.frames)
     return frames, track_frames(frames, c.fps or 25.0)
+
+
+@pytest.fixture(scope="module")
+def clip(clip_frames, landmarker_model):
+    return tracked_clip(clip_frames, "liveportrait_d0")
+
+
+@pytest.fixture(scope="module")
+def smooth_clip(clip_frames, landmarker_model):
+    """liveportrait_d10: very smooth skin, where a biased duplicate test found a −2.3 D lens in no lens."""
+    return tracked_clip(clip_frames, "liveportrait_d10")
 
 
 @pytest.mark.parametrize("sphere", [1.0, 3.0, 5.0])
@@ -151,6 +212,21 @@ def estimate_from_render(clip, sphere: float):
     assert e is not None and e.frames == len(USED)
     print(f"estimate: true {sphere:+.2f} D, estimated {e.sphere:+.2f} D, confidence {e.confidence:.2f} ({e.cue})")
     return e
+
+
+@pytest.mark.parametrize("sphere", [0.0, 1.0])
+def test_smooth_skin_plano_and_plus_are_not_acted_on(smooth_clip, sphere: float) -> None:
+    """Regression (d10): plano and +1 D were read as −2.34 D with confidence 0.59 and 0.56 (acted on)."""
+    e = estimate_from_render(smooth_clip, sphere)
+    assert e.confidence < remove_threshold(), f"true {sphere:+.2f} D, read {e.sphere:+.2f} D ({e.confidence:.2f})"
+    assert e.cue == "rim_step"
+
+
+def test_smooth_skin_minus_lens_is_measured(smooth_clip) -> None:
+    """The same clip still measures a real minus lens confidently (the guard is not a blanket refusal)."""
+    e = estimate_from_render(smooth_clip, -4.0)
+    assert e.cue == "duplicate" and e.confidence >= remove_threshold()
+    assert abs(e.sphere + 4.0) <= 0.5, f"true -4.00 D, estimated {e.sphere:+.2f} D"
 
 
 def test_no_lens_is_not_called_minus(clip) -> None:
