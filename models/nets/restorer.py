@@ -4,7 +4,8 @@ Encoder: stem + residual blocks halving the resolution down to the bottleneck (4
 or below ``quant_max_res`` (the bottleneck included) is quantised against its own codebook: those carry the
 face's identity/structure where a learnt prior of clean faces helps most. Finer skips carry degradations
 (noise, JPEG blocks) as much as detail, so they pass through a learnt sigmoid gate and are scaled by the
-fidelity weight: at ``fidelity=0`` the decoder sees only codebook entries.
+fidelity weight: at ``fidelity=0`` the decoder sees only codebook entries. With ``input_skip`` the input itself is
+added back scaled by the same weight, so at ``fidelity=1`` the network restores by predicting a correction.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class RestorerConfig:
     # Space-to-depth factor of the stem: the U-Net runs at size/stem_stride and a depth-to-space head
     # writes every output pixel. Full-resolution 3x3 convs were half the CPU time for little gain.
     stem_stride: int = 2
+    # Global input skip scaled by the fidelity weight: out = decoder + w·x. At w = 1 the decoder predicts a
+    # correction to the input (residual learning: starts at the identity, so short training cannot make
+    # faces worse than their input); at w = 0 the image is drawn from the codebooks alone.
+    input_skip: bool = True
 
     def __post_init__(self) -> None:
         num_levels(self.size, self.bottleneck)
@@ -101,6 +106,9 @@ class CodebookRestorer(nn.Module):
         self.merge = nn.ModuleDict({str(r): nn.Conv2d(2 * ch[r], ch[r], 1) for r in res[:-1]})
         self.out = nn.Sequential(norm(ch[top]), nn.SiLU(), nn.Conv2d(ch[top], 3 * k * k, 3, padding=1),
                                  nn.PixelShuffle(k))  # fmt: skip
+        if cfg.input_skip:  # start as "w·x": the decoder's correction grows from zero
+            nn.init.zeros_(self.out[2].weight)
+            nn.init.zeros_(self.out[2].bias)
 
     def encode(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """Features per level ``{resolution: (B, C, r, r)}``; quantised levels after their pre-projection."""
@@ -145,7 +153,10 @@ class CodebookRestorer(nn.Module):
             commitment = commitment + vq.commitment
             indices[r] = vq.indices
             fused[r] = self.fusions[str(r)](p, vq.quantized, w)
-        return self.decode(fused, feats, w), commitment, indices
+        out = self.decode(fused, feats, w)
+        if self.cfg.input_skip:
+            out = out + w * x
+        return out, commitment, indices
 
     def decode(
         self,
