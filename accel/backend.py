@@ -7,6 +7,9 @@ static (taken from the export manifest), so every backend preallocates its buffe
 ``run`` returns arrays owned by the backend that are overwritten by the next ``run`` (no allocation per
 frame); copy them if they must outlive the call. ``input_buffers()`` gives the backend's own preallocated
 (on CUDA: pinned) input arrays: fill them in place and pass them to ``run`` to skip the input copy.
+
+Backends whose ``device_io`` is true also take and return device tensors (``run_device``), so callers that
+pre- and post-process on the GPU never round-trip through host memory.
 """
 
 from __future__ import annotations
@@ -98,6 +101,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    @property
+    def device_io(self) -> bool:
+        """True when ``run_device`` accepts tensors already on this backend's device."""
+        return False
+
+    def run_device(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Like ``run`` with torch tensors on ``device`` (float32, manifest shapes); outputs are device tensors
+        owned by the backend (overwritten by the next run). Only where ``device_io`` is true."""
+        raise BackendError(f"{self.name} on {self.device} takes host arrays only (device_io is false)")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing but Python refs
         """Release sessions, engines and device buffers."""

@@ -94,6 +94,7 @@ class BackendSelector:
 
     def select(self, model: str, files: ModelFiles, prefer: str | None = None) -> Backend | None:
         names = [n for n in self.plan(prefer) if self._available(n)]
+        failed: list[str] = []  # why each tried backend was skipped, for the stats overlay
         for i, name in enumerate(names):
             cand = self.candidates[name]
             backend: Backend | None = None
@@ -105,12 +106,13 @@ class BackendSelector:
                 if backend is not None:
                     backend.close()
                 nxt = names[i + 1] if i + 1 < len(names) else "passthrough"
-                log.warning("%s: backend %s failed (%s: %s); falling back to %s",
-                            model, name, type(e).__name__, str(e).splitlines()[0] if str(e) else "", nxt)  # fmt: skip
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log.warning("%s: backend %s failed (%s); falling back to %s", model, name, reason, nxt)
+                failed.append(f"{name}: {reason}")
                 continue
-            self.active[model] = {**backend.describe(), "candidate": name}
+            self.active[model] = {**backend.describe(), "candidate": name, **({"failed": failed} if failed else {})}
             return backend
-        self.active[model] = {"backend": "passthrough", "device": "-", "precision": "-"}
+        self.active[model] = {"backend": "passthrough", "device": "-", "precision": "-", "failed": failed}
         return None
 
     def _available(self, name: str) -> bool:

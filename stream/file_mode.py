@@ -305,7 +305,9 @@ def run_process(args: argparse.Namespace, params: dict[str, Any]) -> int:
         return 2
     show = not args.no_progress and sys.stderr.isatty()
     try:
+        pipeline.prepare()  # a file has no real-time budget: wait for the models instead of passing frames through
         stats = transcode(src, dst, pipeline, progress=show)
+        models = pipeline.models()
     except FileModeError as e:
         print(f"rxstream process: {e}", file=sys.stderr)
         return 2
@@ -318,4 +320,7 @@ def run_process(args: argparse.Namespace, params: dict[str, Any]) -> int:
     finally:
         pipeline.close()
     print(f"wrote {dst}\n{stats.summary()}")
+    for name, m in models.items():
+        served = f"{m.get('backend')} on {m.get('device')} ({m.get('precision')})" if m.get("state") == "ready" else ""
+        print(f"model {name} ({m.get('filter')}): {m.get('state')} {served or m.get('error', '')}".rstrip())
     return 0

@@ -115,6 +115,26 @@ class FramePipeline:
         with self._lock:
             return [f.name for f in self._filters]
 
+    def prepare(self, timeout: float | None = None) -> None:
+        """Load every filter's models now (file mode); a live stream skips this and never waits for them."""
+        with self._lock:
+            chain = list(self._filters)
+        for f in chain:
+            f.prepare(timeout)
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Model -> state and backend for every network the chain runs (for the stats message)."""
+        with self._lock:
+            chain = list(self._filters)
+        out: dict[str, dict[str, Any]] = {}
+        for f in chain:
+            try:
+                for name, info in f.models().items():
+                    out[name if name not in out else f"{name}#{len(out)}"] = {"filter": f.name, **info}
+            except Exception as e:  # stats must never break the stream
+                log.warning("filter %s: model status unavailable: %s", f.name, e)
+        return out
+
     def describe_chain(self) -> list[dict[str, Any]]:
         import dataclasses
 

@@ -63,7 +63,8 @@ class Session:
     def stats_message(self) -> dict[str, Any]:
         stats = self.track.stats.snapshot() if self.track else {}
         chain = self.pipeline.chain if self.pipeline else []
-        return {"type": "stats", **stats, "chain": chain}
+        models = self.pipeline.models() if self.pipeline else {}
+        return {"type": "stats", **stats, "chain": chain, "models": models}
 
 
 class SessionRegistry:

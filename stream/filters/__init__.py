@@ -8,7 +8,9 @@ from stream.filters.base import Filter, FilterError, FrameContext, params_schema
 from stream.filters.landmarks import Landmarks
 from stream.filters.passthrough import Passthrough
 from stream.filters.remove import Remove
+from stream.filters.restore import Restore
 from stream.filters.tryon import Tryon
+from stream.filters.tryon_latent import TryonLatent
 
 REGISTRY: dict[str, type[Filter]] = {}
 
@@ -18,7 +20,7 @@ def register(cls: type[Filter]) -> type[Filter]:
     return cls
 
 
-for _cls in (Passthrough, Landmarks, Tryon, Remove):
+for _cls in (Passthrough, Landmarks, Tryon, Remove, Restore, TryonLatent):
     register(_cls)
 
 

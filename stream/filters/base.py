@@ -137,5 +137,12 @@ class Filter:
     def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
         raise NotImplementedError
 
+    def prepare(self, timeout: float | None = None) -> None:
+        """Block until the filter's models are loaded (file mode; a live stream never waits)."""
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Networks this filter runs -> state and serving backend (the stats overlay's ``models``)."""
+        return {}
+
     def close(self) -> None:
         """Release resources (models, threads)."""

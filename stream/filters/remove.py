@@ -9,28 +9,45 @@ over the first frames and leaves the video untouched until the estimate is confi
 The catalogue frame is first fitted to the rim seen in the video (size, aspect, height on the nose:
 models.optics.frame_fit) over ``fit_frames`` frames, which pass through untouched. ``frame=detect``
 is no free-form outline detector: it fits the "oval" catalogue shape, the most generic one.
+
+``engine=neural`` replaces the inverse warp with the prescription-conditioned generator (mode remove) on
+the aligned face crop, pasted back only inside the fitted lens openings; fitting and rx=auto are shared.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from models.align import alignment_matrix
 from models.optics.estimation import SphereEstimate, SphereEstimator
 from models.optics.filter_params import build_rx, check_pd, frame_names, load_frame
 from models.optics.frame_fit import FrameFitter
 from models.optics.inversion import apply_inverse, invert_warp
 from models.optics.prescription import Prescription, with_sphere
-from models.optics.scene import OpticsOptions, face_optics, lens_powers
+from models.optics.scene import OpticsOptions, face_optics, lens_powers, place
 from stream.filters.base import Filter, FilterError, FrameContext, param
+from stream.filters.neural import (
+    CropJob,
+    FaceModel,
+    backend_param,
+    check_size,
+    generator_conditions,
+    lens_alpha,
+    size_param,
+)
 
 log = logging.getLogger(__name__)
 FRAMES = frame_names()
 DETECT_FALLBACK_FRAME = "oval"
+ENGINES = ("optics", "neural")
+GENERATOR = "generator"
+LENS_FEATHER = 0.012  # lens-edge blend of the neural engine, fraction of the crop side (the rim hides it)
 
 
 @dataclass
@@ -53,6 +70,10 @@ class RemoveParams:
     auto_confidence: float = param(0.4, help="rx=auto: minimum confidence before correcting", min=0.0, max=1.0)
     rimless: bool = param(False, help="rx=auto: the worn glasses have no rim hiding the lens edge")
     auto_background: bool = param(True, help="rx=auto: analyse on a background thread (the video never waits)")
+    engine: str = param("optics", help="undo the lenses by inverting the ray-traced optics or with the "
+                        "prescription-conditioned generator (neural; needs its weights)", choices=ENGINES)
+    neural_size: int = size_param("engine=neural: generator crop side in pixels (only sizes with weights)")
+    backend: str = backend_param()
 
     def __post_init__(self) -> None:
         check_pd(self.pd)
@@ -89,6 +110,23 @@ class Remove(Filter):
         self._fitter = FrameFitter(self._frame) if p.fit_frames > 0 else None
         self.estimate: SphereEstimate | None = None
         self._set_rx(rx)
+        self._gen: FaceModel | None = None
+        if p.engine == "neural":
+            try:
+                generator_conditions(rx, "remove", p.strength, p.lens)
+            except ValueError as e:
+                raise FilterError(f"engine=neural: {e}") from None
+            gen = FaceModel(GENERATOR, p.neural_size, p.backend)
+            check_size(gen.store, GENERATOR, p.neural_size)
+            self._gen = gen
+            gen.start()  # load in the background
+
+    def prepare(self, timeout: float | None = None) -> None:
+        if self._gen is not None:
+            self._gen.prepare(timeout)
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        return {GENERATOR: self._gen.status()} if self._gen is not None else {}
 
     def _set_rx(self, rx: Prescription) -> None:
         self._rx = rx
@@ -163,6 +201,8 @@ class Remove(Filter):
             self._update_estimate(image, ctx)
             if self.estimate is None:
                 return image  # not confident yet: show the frame as it is
+        if self._gen is not None:
+            return self._apply_neural(image, ctx, self._gen)
         inverses = []
         for face in ctx.faces:
             try:
@@ -171,6 +211,32 @@ class Remove(Filter):
                 raise FilterError(f"face {face.face_id}: {e}") from None
             inverses.extend(invert_warp(w) for w in fo.warps)
         return apply_inverse(image, inverses)
+
+    def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
+        p = self.params
+        if p.strength <= 0:
+            return image
+        size = p.neural_size
+        try:
+            conds = generator_conditions(self._rx, "remove", p.strength, p.lens)
+        except ValueError as e:  # e.g. an rx=auto estimate outside the generator's range
+            raise FilterError(f"engine=neural: {e}") from None
+        mats, jobs = [], []
+        t0 = time.perf_counter()
+        for i, face in enumerate(ctx.faces):
+            try:
+                _, lenses, _ = place(face, ctx.camera, self._rx, self._frame, self._opts)
+                m = alignment_matrix(face, size)
+            except ValueError as e:
+                raise FilterError(f"face {face.face_id}: {e}") from None
+            mats.append(m)
+            outlines = {lens.side: lens.outline_px for lens in lenses}
+            for sides, cond in conds:
+                alpha = lens_alpha([outlines[s] for s in sides if s in outlines], m, size, LENS_FEATHER * size)
+                if alpha.any():
+                    jobs.append(CropJob(i, alpha, {"cond": cond}))
+        ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
+        return gen.run(image, mats, jobs, LENS_FEATHER * size, ctx.timings_ms, self.name)
 
 
 def rim_width_px(lenses: tuple[Any, ...]) -> float:

@@ -2,26 +2,44 @@
 
 Per frame and face: glasses placement (models.glasses) -> face depth from the mesh -> thin-lens ray
 trace per lens ROI -> one cv2.remap per lens -> tint and frame drawn on top.
+
+``engine=neural`` replaces the ray trace with the prescription-conditioned generator (mode add) on the
+aligned face crop, pasted back only inside the placed lens openings; placement, frame and tint drawing
+are the same as the optics engine's.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from models.align import alignment_matrix
 from models.glasses.placement import IrisScale
 from models.glasses.render import RenderStyle, render_glasses
 from models.glasses.user_png import read_png_frame, render_png_frame
 from models.optics.filter_params import build_rx, check_pd, frame_names, load_frame, parse_rgba
 from models.optics.prescription import LENS_INDICES
 from models.optics.refraction import apply_warps
-from models.optics.scene import FaceOptics, OpticsOptions, face_optics, lens_powers
+from models.optics.scene import FaceOptics, OpticsOptions, face_optics, lens_powers, place
 from stream.face import Face
 from stream.filters.base import Filter, FilterError, FrameContext, param
+from stream.filters.neural import (
+    CropJob,
+    FaceModel,
+    backend_param,
+    check_size,
+    generator_conditions,
+    lens_alpha,
+    size_param,
+)
 
 FRAMES = frame_names()
+ENGINES = ("optics", "neural")
+GENERATOR = "generator"
+LENS_FEATHER = 0.012  # lens-edge blend of the neural engine, fraction of the crop side (the rim hides it)
 
 
 @dataclass
@@ -47,6 +65,10 @@ class TryonParams:
     anchor: str = param("eyes", help="frame rigid with the head (eye corners) or centred on the pupils (follows gaze)",
                         choices=("eyes", "pupils"))
     index: float = param(1.5, help="lens material refractive index", choices=LENS_INDICES)
+    engine: str = param("optics", help="lens refraction from the ray-traced optics or the prescription-conditioned "
+                        "generator (neural; needs its weights)", choices=ENGINES)
+    neural_size: int = size_param("engine=neural: generator crop side in pixels (only sizes with weights)")
+    backend: str = backend_param()
 
     def __post_init__(self) -> None:
         check_pd(self.pd)
@@ -88,6 +110,23 @@ class Tryon(Filter):
                 raise FilterError(f"png: {e}") from None
         self._opts = OpticsOptions(strength=p.strength if p.refraction else 0.0, lenses=p.lens,
                                    pantoscopic_deg=p.pantoscopic_deg, anchor=p.anchor, png=self._png)
+        self._gen: FaceModel | None = None
+        if p.engine == "neural":
+            try:
+                generator_conditions(rx, "add", self._opts.strength, p.lens)
+            except ValueError as e:
+                raise FilterError(f"engine=neural: {e}") from None
+            gen = FaceModel(GENERATOR, p.neural_size, p.backend)
+            check_size(gen.store, GENERATOR, p.neural_size)
+            self._gen = gen
+            gen.start()  # load in the background
+
+    def prepare(self, timeout: float | None = None) -> None:
+        if self._gen is not None:
+            self._gen.prepare(timeout)
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        return {GENERATOR: self._gen.status()} if self._gen is not None else {}
 
     def _face_options(self, face: Face, ctx: FrameContext) -> OpticsOptions:
         """Per face: without a given PD, the glasses' scale comes from that person's iris size.
@@ -100,11 +139,14 @@ class Tryon(Filter):
         pd = self._iris.setdefault(face.face_id, IrisScale()).update(face, ctx.camera)
         return self._opts if pd is None else replace(self._opts, pd_mm=float(np.clip(pd, 45.0, 80.0)))
 
-    def optics(self, ctx: FrameContext) -> list[FaceOptics]:
-        out = []
+    def _forget_lost_faces(self, ctx: FrameContext) -> None:
         live = {f.face_id for f in ctx.faces}
         for fid in [k for k in self._iris if k not in live]:
             del self._iris[fid]
+
+    def optics(self, ctx: FrameContext) -> list[FaceOptics]:
+        out = []
+        self._forget_lost_faces(ctx)
         for face in ctx.faces:
             try:
                 opts = self._face_options(face, ctx)
@@ -113,22 +155,61 @@ class Tryon(Filter):
                 raise FilterError(f"face {face.face_id}: {e}") from None
         return out
 
+    def placements(self, ctx: FrameContext) -> list[tuple[Any, tuple[Any, ...]]]:
+        """(placement, lenses) per face, without the depth map and ray trace (the neural engine's needs)."""
+        out = []
+        self._forget_lost_faces(ctx)
+        for face in ctx.faces:
+            try:
+                pl, lenses, _ = place(face, ctx.camera, self._rx, self._frame, self._face_options(face, ctx))
+            except ValueError as e:
+                raise FilterError(f"face {face.face_id}: {e}") from None
+            out.append((pl, lenses))
+        return out
+
     def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
         if not ctx.faces:
             return image
+        if self._gen is not None:
+            return self._apply_neural(image, ctx, self._gen)
         fos = self.optics(ctx)
         out = apply_warps(image, [w for fo in fos for w in fo.warps])
         if self.params.draw_frame:
             for face, fo in zip(ctx.faces, fos, strict=True):
-                out = self._draw(out, face, fo, ctx, inplace=out is not image)  # never draw on the input
+                out = self._draw(out, face, fo.placement, ctx, inplace=out is not image)  # never draw on the input
         return out
 
-    def _draw(self, image: np.ndarray, face: Face, fo: FaceOptics, ctx: FrameContext,
+    def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
+        """Generator refraction inside the placed lens openings, then the same frame and tint drawing."""
+        p = self.params
+        t0 = time.perf_counter()
+        placed = self.placements(ctx)
+        out = image
+        if self._opts.strength > 0:
+            size = p.neural_size
+            conds = generator_conditions(self._rx, "add", self._opts.strength, p.lens)
+            mats, jobs = [], []
+            for i, (face, (_, lenses)) in enumerate(zip(ctx.faces, placed, strict=True)):
+                m = alignment_matrix(face, size)
+                mats.append(m)
+                outlines = {lens.side: lens.outline_px for lens in lenses}
+                for sides, cond in conds:
+                    alpha = lens_alpha([outlines[s] for s in sides if s in outlines], m, size, LENS_FEATHER * size)
+                    if alpha.any():
+                        jobs.append(CropJob(i, alpha, {"cond": cond}))
+            ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
+            out = gen.run(image, mats, jobs, LENS_FEATHER * size, ctx.timings_ms, self.name)
+        if p.draw_frame:
+            for face, (pl, _) in zip(ctx.faces, placed, strict=True):
+                out = self._draw(out, face, pl, ctx, inplace=out is not image)
+        return out
+
+    def _draw(self, image: np.ndarray, face: Face, placement: Any, ctx: FrameContext,
               inplace: bool = False) -> np.ndarray:
         """Rims, bridge, temples hidden by the head, and the tint, on top of the refracted image."""
         p = self.params
         if self._png is not None:  # the user's own frame; its lenses' alpha is their tint
-            return render_png_frame(image, self._png, fo.placement, ctx.camera)
+            return render_png_frame(image, self._png, placement, ctx.camera)
         r, g, b, a = self._tint
         style = RenderStyle(color_rgb=self._color, tint_rgba=(r, g, b, round(a * p.opacity)), gradient=p.gradient)
-        return render_glasses(image, fo.placement, self._frame, style, face, ctx.camera, inplace=inplace)
+        return render_glasses(image, placement, self._frame, style, face, ctx.camera, inplace=inplace)

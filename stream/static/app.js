@@ -344,6 +344,17 @@
     $("st-faces").replaceChildren(
       row("head", "faces", list.length ? String(list.length) : "none"),
       ...list.map((f) => row("face", `#${f.id}`, `y ${a(f.yaw)} p ${a(f.pitch)} r ${a(f.roll)}`)));
+    // Which backend serves each network (or why none does: loading, no weights, failed).
+    const models = Object.entries(s.models || {});
+    $("st-models").replaceChildren(
+      ...(models.length ? [row("head", "models", "")] : []),
+      ...models.map(([name, m]) => {
+        const r = row("stage", name, m.state === "ready"
+          ? `${m.backend} ${m.device} ${m.precision}${(m.batches || []).length > 1 ? ` b${m.batches.join("/")}` : ""}`
+          : m.state);
+        if (m.error || m.failed) r.title = m.error || m.failed.join("\n");
+        return r;
+      }));
   }
 
   // Receiver-side jitter buffer and decode time per frame, from the standard WebRTC stats.
