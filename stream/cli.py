@@ -1,4 +1,4 @@
-"""`rxstream` command line: serve, process, fetch-model, filters, export, train, eval."""
+"""`rxstream` command line: serve, process, fetch-model, filters, export, train, eval, latent."""
 
 from __future__ import annotations
 
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     from models.training.cli import add_parsers as add_training_parsers
 
     add_training_parsers(sub)  # train, eval, publish
+
+    from models.latent.cli import add_parsers as add_latent_parsers
+
+    add_latent_parsers(sub)  # latent tryon / retrieve / cluster / suggest
     return p
 
 
@@ -108,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from export.cli import run as run_export
 
         return run_export(args)
+    if args.command == "latent":
+        from models.latent.cli import run as run_latent_command
+
+        return run_latent_command(args)
     if args.command in ("train", "eval", "publish"):
         from models.training.cli import run as run_training_command
 

@@ -6,6 +6,7 @@ Every client error is a JSON ``{"error": ...}`` with a 4xx status and leaves the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -24,10 +25,13 @@ from stream.rtc_latency import enable_low_latency_receive
 from stream.session_setup import start_processing_session
 from stream.sessions import CapacityError, SessionRegistry
 from stream.signalling import SignallingError, enable_loopback_candidates
+from stream.suggest_frames import FrameSuggester, SuggestError
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+SUGGESTER = web.AppKey("suggester", FrameSuggester)
+MAX_BODY = 1 << 20  # SDP offers are a few kB; a face photo for /api/suggest_frames fits in 1 MiB
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -87,6 +91,30 @@ async def post_offer(request: web.Request) -> web.Response:
     return web.json_response({"sdp": answer_sdp, "type": "answer", "session_id": session.id})
 
 
+async def get_suggest_frames(request: web.Request) -> web.Response:
+    """Whether frame suggestions work on this server, and how to ask for them."""
+    info = await asyncio.get_running_loop().run_in_executor(None, FrameSuggester.availability)  # imports torch
+    usage = "POST a face photo (JPEG, PNG or WebP, at most 1 MiB); optional ?k_faces=8&gallery=200&seed=0&tau=0.1&top=5"
+    return web.json_response({**info, "usage": usage})
+
+
+async def post_suggest_frames(request: web.Request) -> web.Response:
+    """Catalogue frames that suit faces like the one in the posted photo (``stream.suggest_frames``)."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, f"photo too large (at most {MAX_BODY} bytes)")
+    loop = asyncio.get_running_loop()
+    try:
+        result = await loop.run_in_executor(None, request.app[SUGGESTER].suggest, body, dict(request.query))
+    except SuggestError as e:
+        return over_capacity(str(e)) if e.status == 503 else json_error(e.status, str(e))
+    except Exception as e:  # a model failure must not take the server down
+        log.exception("frame suggestion failed")
+        return json_error(500, f"frame suggestion failed: {type(e).__name__}: {e}")
+    return web.json_response(result)
+
+
 async def delete_session(request: web.Request) -> web.Response:
     registry = request.app[SESSIONS]
     session = registry.get(request.match_info["id"])
@@ -106,16 +134,19 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     # aiortc holds each received video frame until the next one starts (+1 frame interval); release on the
     # RTP marker bit instead. Here (not per peer connection) so a benchmark can switch it back for A/B runs.
     enable_low_latency_receive()
-    app = web.Application(client_max_size=1 << 20)  # SDP offers are a few kB
+    app = web.Application(client_max_size=MAX_BODY)
     app[CONFIG] = config
     app[SESSIONS] = SessionRegistry(config.max_sessions, config.max_viewers)
     app[RELAY] = MediaRelay()
+    app[SUGGESTER] = FrameSuggester()
     app.router.add_get("/", index)
     app.router.add_get("/static/{file}", static_file)
     app.router.add_get("/api/filters", api_filters)
     app.router.add_get("/api/health", api_health)
     app.router.add_post("/offer", post_offer)
     app.router.add_delete("/session/{id}", delete_session)
+    app.router.add_get("/api/suggest_frames", get_suggest_frames)
+    app.router.add_post("/api/suggest_frames", post_suggest_frames)
     whip_routes.add_routes(app)
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -10,6 +10,10 @@ Modulated convolution uses the *fused-by-linearity* form (StyleGAN2's ``fused_mo
 ``conv(x * s, w) * d`` equals ``conv(x, w * s) * d`` per sample, with the demodulation
 ``d = rsqrt((s^2) @ sum_k(w^2)^T + eps)``. Unlike the grouped-conv form it uses one shared weight, so the
 exported graph is a plain Conv whatever the batch size (static, TensorRT-friendly).
+
+Style space: every modulated conv scales its input channels by ``s = affine(w)``. ``styles(codes)`` returns
+those per-layer, per-channel styles σ (StyleSpace, Wu et al. 2021) and ``decode_styles(σ)`` draws from them
+directly, so edits can act on single channels (``decode(codes) == decode_styles(styles(codes))``).
 """
 
 from __future__ import annotations
@@ -60,7 +64,10 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel // 2
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        s = self.affine(w)  # (B, c_in)
+        return self.modulated(x, self.affine(w))
+
+    def modulated(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The convolution for given styles ``s`` (B, c_in), i.e. ``forward`` after the affine map."""
         y = F.conv2d(x * s[:, :, None, None], self.weight, padding=self.padding)
         if self.demodulate:
             # sum over the kernel taps as a matmul with ones: the ONNX exporter constant-folds it to a
@@ -82,9 +89,15 @@ class StyledLayer(nn.Module):
         self.noise = NoiseInjection()
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        if self.upsample:
-            x = upsample2x(x)
-        return F.leaky_relu(self.noise(self.conv(x, w), noise), 0.2) * math.sqrt(2.0)
+        return self.styled(self.styled_input(x), self.conv.affine(w), noise)
+
+    def styled_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The tensor the styles scale: the (upsampled) input."""
+        return upsample2x(x) if self.upsample else x
+
+    def styled(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The layer for styles ``s`` on an input already passed through ``styled_input``."""
+        return F.leaky_relu(self.noise(self.conv.modulated(x, s), noise), 0.2) * math.sqrt(2.0)
 
 
 class ToRGB(nn.Module):
@@ -93,7 +106,10 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(c_in, 3, 1, w_dim, demodulate=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        rgb = self.conv(x, w)
+        return self.styled(x, self.conv.affine(w), skip)
+
+    def styled(self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        rgb = self.conv.modulated(x, s)
         return rgb if skip is None else rgb + upsample2x(skip)
 
 
@@ -147,6 +163,37 @@ class StyleDecoder(nn.Module):
             self.to_rgbs.append(ToRGB(cfg.ch(r), cfg.w_dim))
             self.layer_names += [f"b{r}.conv0", f"b{r}.conv1"]
             self.layer_res += [r, r]
+        # Style layers in drawing order: each resolution's convs, then its toRGB.
+        self.style_names: list[str] = []
+        for i, name in enumerate(self.layer_names):
+            self.style_names.append(name)
+            if i % 2 == 0:
+                self.style_names.append(f"b{self.layer_res[i]}.torgb")
+
+    @property
+    def style_channels(self) -> list[int]:
+        """Channels of each style layer (its modulated conv's input channels), ``style_names`` order."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            out.append(layer.conv.affine.out_features)
+            if i % 2 == 0:
+                out.append(self.to_rgbs[(i + 1) // 2].conv.affine.out_features)
+        return out
+
+    def styles(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer styles σ (B, c_in) in ``style_names`` order; toRGB at each resolution reads the code
+        of the next layer (StyleGAN2's W+ indexing)."""
+        self._check_codes(codes)
+        out = []
+        for i, layer in enumerate(self.layers):
+            out.append(layer.conv.affine(codes[:, i]))
+            if i % 2 == 0:  # last conv of a resolution
+                out.append(self.to_rgbs[(i + 1) // 2].conv.affine(codes[:, i + 1]))
+        return out
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if codes.ndim != 3 or codes.shape[1] != self.cfg.n_layers or codes.shape[2] != self.cfg.w_dim:
+            raise ValueError(f"codes must be (B, {self.cfg.n_layers}, {self.cfg.w_dim}), got {tuple(codes.shape)}")
 
     def forward(
         self,
@@ -155,27 +202,53 @@ class StyleDecoder(nn.Module):
         coarse: torch.Tensor | None = None,
         return_activations: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        n_conv = len(self.layers)
-        if codes.ndim != 3 or codes.shape[1] != self.cfg.n_layers or codes.shape[2] != self.cfg.w_dim:
-            raise ValueError(f"codes must be (B, {self.cfg.n_layers}, {self.cfg.w_dim}), got {tuple(codes.shape)}")
-        if noise is not None and len(noise) != n_conv:
-            raise ValueError(f"noise must list {n_conv} tensors (or None entries), got {len(noise)}")
+        return self.forward_styles(self.styles(codes), noise, coarse, return_activations)
+
+    def forward_styles(
+        self,
+        styles: list[torch.Tensor],
+        noise: list[torch.Tensor | None] | None = None,
+        coarse: torch.Tensor | None = None,
+        return_activations: bool = False,
+        return_styled_inputs: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Draw from per-layer styles σ (``styles(codes)`` layout). ``return_activations``: layer outputs by
+        layer name (as ``forward``); ``return_styled_inputs``: the tensor each σ scales, by style name."""
+        if return_activations and return_styled_inputs:
+            raise ValueError("ask for either return_activations or return_styled_inputs")
+        if len(styles) != len(self.style_names):
+            raise ValueError(f"styles must list {len(self.style_names)} tensors, got {len(styles)}")
+        for name, s, c in zip(self.style_names, styles, self.style_channels, strict=True):
+            if s.ndim != 2 or s.shape[1] != c:
+                raise ValueError(f"style {name} must be (B, {c}), got {tuple(s.shape)}")
+        if noise is not None and len(noise) != len(self.layers):
+            raise ValueError(f"noise must list {len(self.layers)} tensors (or None entries), got {len(noise)}")
+        batch = styles[0].shape[0]
         if self.cfg.decoder_input == "const":
-            x = self.const.expand(codes.shape[0], -1, -1, -1)
+            x = self.const.expand(batch, -1, -1, -1)
         elif coarse is None:
             raise ValueError("decoder_input='encoder' needs the encoder's coarse feature: decode(codes, coarse=...)")
         else:
             x = coarse
         acts: dict[str, torch.Tensor] = {}
+        inputs: dict[str, torch.Tensor] = {}
         rgb: torch.Tensor | None = None
-        # toRGB at each resolution uses the code of the next layer (StyleGAN2's W+ indexing).
+        k = 0  # index into styles
+        # toRGB at each resolution follows that resolution's last conv.
         for i, layer in enumerate(self.layers):
-            x = layer(x, codes[:, i], None if noise is None else noise[i])
+            xin = layer.styled_input(x)
+            inputs[self.style_names[k]] = xin
+            x = layer.styled(xin, styles[k], None if noise is None else noise[i])
             acts[self.layer_names[i]] = x
+            k += 1
             if i % 2 == 0:  # last conv of a resolution
-                rgb = self.to_rgbs[(i + 1) // 2](x, codes[:, i + 1], rgb)
+                inputs[self.style_names[k]] = x
+                rgb = self.to_rgbs[(i + 1) // 2].styled(x, styles[k], rgb)
+                k += 1
         assert rgb is not None
-        return (rgb, acts) if return_activations else rgb
+        if return_activations:
+            return rgb, acts
+        return (rgb, inputs) if return_styled_inputs else rgb
 
 
 class StyleAutoencoder(nn.Module):
@@ -191,6 +264,27 @@ class StyleAutoencoder(nn.Module):
     def layer_names(self) -> list[str]:
         """Names of the decoder's per-layer activations, in drawing order (keys of ``return_activations``)."""
         return list(self.decoder.layer_names)
+
+    @property
+    def style_names(self) -> list[str]:
+        """Names of the style layers (modulated convs and toRGBs) in drawing order: the layout of ``styles``."""
+        return list(self.decoder.style_names)
+
+    def styles(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer, per-channel styles σ = affine(code): a list of (B, c_in), ``style_names`` order."""
+        return self.decoder.styles(codes)
+
+    def decode_styles(
+        self,
+        styles: list[torch.Tensor],
+        noise: list[torch.Tensor | None] | None = None,
+        coarse: torch.Tensor | None = None,
+        return_activations: bool = False,
+        return_styled_inputs: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``decode`` from styles σ instead of codes; ``return_styled_inputs`` adds ``{style_name: the
+        (B, c_in, r, r) tensor that σ scales}`` (what channel mappings measure)."""
+        return self.decoder.forward_styles(styles, noise, coarse, return_activations, return_styled_inputs)
 
     def noise_shapes(self, batch: int) -> list[tuple[int, int, int, int]]:
         return [(batch, 1, r, r) for r in self.decoder.layer_res]
