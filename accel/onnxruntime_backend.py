@@ -31,6 +31,9 @@ class OrtOptions:
     intra_op_threads: int = 2  # shared machines and a real-time budget: do not grab every core by default
     cache_dir: Path | None = None  # None: default_cache_dir(); the optimised graph is cached there
     use_cache: bool = True
+    # ORT's idle intra-op threads spin-wait by default, holding cores the tracker, the other network and the
+    # encoder need between two inferences of a frame; off unless a machine has cores to spare.
+    allow_spinning: bool = False
 
 
 def choose_providers(available: list[str], wanted: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -72,6 +75,7 @@ class OnnxRuntimeBackend(Backend):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.allow_spinning else "0")
         return so
 
     def _load(self, source: Any, manifest: Manifest) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -351,3 +352,42 @@ def test_tensorrt_engine_cache_and_parity(precision: str, exported: dict[str, Mo
         p = compare(ref, b.run(feed))[0]
         assert p.max_abs <= FP32_MAX_ABS if precision == "fp32" else p.rel_l2 <= FP16_REL_L2
     assert issubclass(EngineNotReady, BackendError)
+
+
+# -- the GPU benchmark script -------------------------------------------------------------------------------
+def _gpu_latency_run(tmp_path: Path, device: str) -> dict[str, Any]:
+    import json
+
+    from benchmarks.gpu_latency import main
+
+    out = tmp_path / "gpu.json"
+    args = ["--device", device, "--models", "generator", "--sizes", "32", "--batches", "1", "2",
+            "--warmup", "1", "--iters", "3", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return json.loads(out.read_text())
+
+
+def test_gpu_latency_script_smoke_on_cpu(tmp_path: Path) -> None:
+    """The GPU benchmark's code path on the CPU (what a lent GPU would run, minus CUDA events)."""
+    res = _gpu_latency_run(tmp_path, "cpu")
+    assert [c["batch"] for c in res["cases"]] == [1, 2] and (tmp_path / "gpu.png").is_file()
+    for c in res["cases"]:
+        for name in ("torch_fp16_graph", "torch_fp32_eager"):
+            assert "error" not in c[name] and c[name]["parity"]["ok"], c[name]
+            assert c[name]["host_io_ms"]["count"] == 3
+
+
+@needs_cuda
+def test_gpu_latency_script_on_cuda(tmp_path: Path) -> None:
+    res = _gpu_latency_run(tmp_path, "cuda")
+    for c in res["cases"]:
+        fast = c["torch_fp16_graph"]
+        assert fast["precision"] == "fp16" and fast["parity"]["ok"] and fast["device_ms"]["p50"] > 0
+
+
+def test_onnxruntime_threads_do_not_spin_by_default() -> None:
+    """Idle ORT workers spin-waiting would hold the cores the tracker needs between two inferences."""
+    quiet = OnnxRuntimeBackend(OrtOptions())._session_options()
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    busy = OnnxRuntimeBackend(OrtOptions(allow_spinning=True))._session_options()
+    assert busy.get_session_config_entry("session.intra_op.allow_spinning") == "1"

@@ -396,3 +396,35 @@ def test_publish_writes_loadable_ema_weights_with_a_card(model: str, tmp_path: P
     card = json.loads((tmp_path / "w" / f"{name}.card.json").read_text())
     assert card["step"] == 2 and card["weights"] == "ema" and "non-commercial" in card["licence"]
     assert shipped.source.startswith(f"sha256:{card['weights_sha256']}")
+
+
+def test_init_from_shipped_weights_fine_tunes_and_records_provenance(tmp_path: Path) -> None:
+    """``rxstream train --init W``: the run starts from W (net and EMA), the card names W and its hash."""
+    from stream.cli import main
+
+    ckpt = make_trainer("restorer", tmp_path / "a", run={"max_steps": 2}).train().checkpoint
+    assert main(["publish", str(ckpt), "--out", str(tmp_path / "w")]) == 0
+    shipped = tmp_path / "w" / "restorer.pt"
+    state = torch.load(shipped, weights_only=True)
+    tr = make_trainer("restorer", tmp_path / "b", run={"max_steps": 1})
+    tr.init_from(shipped)
+    assert state_equal(tr.task.nets["net"].state_dict(), state) and tr.ema is not None
+    assert state_equal(tr.ema.state_dict(), state)
+    res = tr.train()
+    assert res.step == 1 and not state_equal(tr.task.nets["net"].state_dict(), state)  # it trained from there
+    assert main(["publish", str(res.checkpoint), "--out", str(tmp_path / "w2")]) == 0
+    card = json.loads((tmp_path / "w2" / "restorer.card.json").read_text())
+    from accel.cache import sha256_file
+
+    assert card["fine_tuned_from"] == {"path": str(shipped), "sha256": sha256_file(shipped)}
+    with pytest.raises(RuntimeError):  # a state dict of another architecture is refused, not half-loaded
+        make_trainer("autoencoder", tmp_path / "c").init_from(shipped)
+
+
+def test_fidelity_top_fraction_trains_that_share_at_full_fidelity() -> None:
+    cfg = tiny_config("restorer", restorer_loss={"fidelity_top_fraction": 0.5})
+    task = build_task(cfg, torch.device("cpu"))
+    fid = task.fidelity(4000)
+    top = float((fid == 1.0).float().mean())
+    assert 0.45 < top < 0.55 and float(fid.min()) >= 0.0  # the rest stays uniform over [0, 1]
+    assert 0.45 < float(fid[fid < 1.0].mean()) < 0.55

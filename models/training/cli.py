@@ -30,6 +30,7 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--init", default=None, help="shipped weights (.pt from rxstream publish) to fine-tune from")
 
     pb = sub.add_parser("publish", help="write a checkpoint's (EMA) weights in the shipped format + provenance card")
     pb.add_argument("checkpoint", help="checkpoint .pt written by rxstream train")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
             cfg = load_config(args.model, args.config, train_overrides(args))
             out = args.out or str(Path.home() / ".cache" / "rxstream" / "runs" / args.model)
-            result = run_training(cfg, out, resume=args.resume)
+            result = run_training(cfg, out, resume=args.resume, init=args.init)
             print(json.dumps({"step": result.step, "out": out, "checkpoint": str(result.checkpoint),
                               "stopped_by": result.stopped_by}))  # fmt: skip
             return 0

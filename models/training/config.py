@@ -91,6 +91,9 @@ class RestorerLoss:
     r1_every: int = 4
     adv_start: int = 5000
     fidelity: tuple[float, float] = (0.0, 1.0)  # fidelity weight drawn uniformly per sample
+    # Share of samples trained at exactly the range's top (w = 1, where fidelity to the input is judged);
+    # the rest stay uniform, so every w of the filter's control keeps being trained.
+    fidelity_top_fraction: float = 0.0
     codec_fraction: float = 0.2  # share of samples degraded by a VP8/H.264 round trip instead of JPEG
 
 

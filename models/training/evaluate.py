@@ -138,6 +138,9 @@ def load_model(ckpt: dict[str, Any], cfg: TrainConfig, use_ema: bool = True) -> 
     return net.eval()
 
 
+EVAL_SEED = 0
+
+
 def evaluate(model: str, weights: str | Path, out_dir: str | Path, n_samples: int = 64, batch_size: int = 8,
              overrides: dict[str, Any] | None = None, use_ema: bool = True, fidelity: float = 0.5,
              identity: bool = True, sheet_columns: int = 8, dataset: Any = None) -> dict[str, Any]:
@@ -147,7 +150,8 @@ def evaluate(model: str, weights: str | Path, out_dir: str | Path, n_samples: in
         raise ValueError(f"{weights} is a {ckpt['model']} checkpoint, not {model}")
     cfg: TrainConfig = from_dict(TrainConfig, merge(ckpt["config"], overrides or {}))
     net = load_model(ckpt, cfg, use_ema)
-    seed = cfg.run.seed
+    # Fixed, not the run's seed: every checkpoint is judged on the same held-out samples and degradations.
+    seed = EVAL_SEED
     if dataset is None:
         if model == "autoencoder":
             dataset = FaceCrops(split(cfg.data, "heldout", seed), cfg.data.size, image_sample, flip=False)

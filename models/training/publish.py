@@ -44,6 +44,7 @@ def publish(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True) -
         "step": int(ckpt["step"]),
         "weights": "ema" if use_ema and ckpt.get("ema") is not None else "raw",
         "checkpoint_sha256": sha256_file(checkpoint),
+        "fine_tuned_from": ckpt.get("init_weights"),
         "weights_sha256": sha256_file(path),
         "train_config": to_dict(cfg),
         "licence": LICENCE_CAVEAT,

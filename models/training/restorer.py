@@ -58,8 +58,13 @@ class RestorerTask(TrainTask):
                          flip=d.flip and which == "train", jitter=d.jitter if which == "train" else 0.0)
 
     def fidelity(self, batch: int) -> torch.Tensor:
-        lo, hi = self.cfg.restorer_loss.fidelity
-        return (lo + (hi - lo) * torch.rand(batch, generator=self.gen)).to(self.device)
+        w = self.cfg.restorer_loss
+        lo, hi = w.fidelity
+        fid = lo + (hi - lo) * torch.rand(batch, generator=self.gen)
+        if w.fidelity_top_fraction > 0:
+            top = torch.rand(batch, generator=self.gen) < w.fidelity_top_fraction
+            fid = torch.where(top, torch.full_like(fid, hi), fid)
+        return fid.to(self.device)
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         w = self.cfg.restorer_loss

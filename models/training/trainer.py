@@ -206,6 +206,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.dataset = dataset if dataset is not None else task.dataset("train")
         self.step = 0
+        self.init_weights: dict[str, str] | None = None  # shipped weights this run was fine-tuned from (provenance)
         self.ema: nn.Module | None = None
         if task.ema_of is not None and self.cfg.optim.ema_decay > 0:
             self.ema = copy.deepcopy(task.nets[task.ema_of]).eval().requires_grad_(False)
@@ -224,6 +225,7 @@ class Trainer:
             "scaler": None if self.task.scaler is None else self.task.scaler.state_dict(),
             "task": self.task.state_dict(),
             "rng": rng_state(),
+            "init_weights": self.init_weights,
         }
         path = d / f"step_{self.step:09d}.pt"
         tmp = path.with_suffix(".tmp")
@@ -232,6 +234,20 @@ class Trainer:
         for old in checkpoints(self.out_dir)[: -max(1, self.cfg.run.keep_checkpoints)]:
             old.unlink()
         return path
+
+    def init_from(self, weights: str | Path) -> None:
+        """Load a shipped state dict into the trained net (and its EMA copy); optimisers start fresh."""
+        name = self.task.ema_of
+        if name is None:
+            raise ValueError(f"{self.cfg.model}: no main network to initialise")
+        state = torch.load(Path(weights), map_location=self.task.device, weights_only=True)
+        self.task.nets[name].load_state_dict(state)
+        if self.ema is not None:
+            self.ema.load_state_dict(state)
+        from accel.cache import sha256_file
+
+        self.init_weights = {"path": str(weights), "sha256": sha256_file(weights)}
+        log.info("initialised %s from %s", name, weights)
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.task.device)
@@ -248,6 +264,7 @@ class Trainer:
         self.task.load_state_dict(state["task"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.init_weights = state.get("init_weights")
 
     # -- loop ------------------------------------------------------------------------------------
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -335,9 +352,16 @@ def build_task(cfg: TrainConfig, device: torch.device, **kw: Any) -> TrainTask:
 
 
 def run_training(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-                 dataset: Dataset | None = None, **task_kw: Any) -> TrainResult:
-    """Seed, build the task (fresh weights are drawn after seeding), train; the CLI entry point."""
+                 dataset: Dataset | None = None, init: str | Path | None = None, **task_kw: Any) -> TrainResult:
+    """Seed, build the task (fresh weights are drawn after seeding), train; the CLI entry point.
+
+    ``init``: a shipped weight file (``rxstream publish`` output) to fine-tune from instead of fresh weights;
+    ignored when ``resume`` finds a checkpoint (the checkpoint already holds the fine-tuned weights).
+    """
     device = configure_torch(cfg)
     seed_everything(cfg.run.seed)
     task = build_task(cfg, device, **task_kw)
-    return Trainer(task, out_dir, dataset).train(resume=resume)
+    trainer = Trainer(task, out_dir, dataset)
+    if init is not None and not (resume and latest_checkpoint(Path(out_dir)) is not None):
+        trainer.init_from(init)
+    return trainer.train(resume=resume)
