@@ -131,8 +131,19 @@ class Filter:
         self.params = build_params(self.Params, params)
 
     def configure(self, params: dict[str, Any]) -> None:
-        """Change some parameters; all-or-nothing (bad values leave the old ones in place)."""
+        """Change some parameters; all-or-nothing (bad values, or a FilterError from ``_derive``, leave the old
+        ones in place)."""
+        old = self.params
         self.params = build_params(self.Params, params, base=self.params)
+        try:
+            self._derive(self.params)
+        except FilterError:
+            self.params = old
+            raise
+
+    def _derive(self, p: Any) -> None:
+        """Recompute what follows from the parameters (prescription, models, ...) after ``configure``;
+        raise FilterError to refuse them."""
 
     def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
         raise NotImplementedError

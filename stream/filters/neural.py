@@ -344,3 +344,19 @@ class FaceModel:
         timings[f"{p}align"] = timings.get(f"{p}align", 0.0) + (t[1] - t[0]) * 1e3
         timings[f"{p}{self.model}"] = (t[2] - t[1]) * 1e3
         timings[f"{p}paste"] = timings.get(f"{p}paste", 0.0) + (t[3] - t[2]) * 1e3
+
+
+GENERATOR = "generator"
+
+
+def start_generator(rx: Any, mode: str, strength: float, lens: str, size: int, backend: str) -> FaceModel:
+    """The generator behind a filter's ``engine=neural``: conditioning and crop size checked (FilterError),
+    loading started in the background so the stream is not held up."""
+    try:
+        generator_conditions(rx, mode, strength, lens)
+    except ValueError as e:
+        raise FilterError(f"engine=neural: {e}") from None
+    gen = FaceModel(GENERATOR, size, backend)
+    check_size(gen.store, GENERATOR, size)
+    gen.start()
+    return gen

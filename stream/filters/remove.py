@@ -33,20 +33,20 @@ from models.optics.prescription import Prescription, with_sphere
 from models.optics.scene import OpticsOptions, face_optics, lens_powers, place
 from stream.filters.base import Filter, FilterError, FrameContext, param
 from stream.filters.neural import (
+    GENERATOR,
     CropJob,
     FaceModel,
     backend_param,
-    check_size,
     generator_conditions,
     lens_alpha,
     size_param,
+    start_generator,
 )
 
 log = logging.getLogger(__name__)
 FRAMES = frame_names()
 DETECT_FALLBACK_FRAME = "oval"
 ENGINES = ("optics", "neural")
-GENERATOR = "generator"
 LENS_FEATHER = 0.012  # lens-edge blend of the neural engine, fraction of the crop side (the rim hides it)
 
 
@@ -90,15 +90,6 @@ class Remove(Filter):
         self._pool: ThreadPoolExecutor | None = None
         self._derive(self.params)
 
-    def configure(self, params: dict[str, Any]) -> None:
-        old = self.params
-        super().configure(params)
-        try:
-            self._derive(self.params)
-        except FilterError:
-            self.params = old
-            raise
-
     def _derive(self, p: RemoveParams) -> None:
         self._auto = p.rx.strip().lower() == "auto"
         rx = build_rx("plano" if self._auto else p.rx, "", "", p.pd, p.vertex_mm)
@@ -112,14 +103,7 @@ class Remove(Filter):
         self._set_rx(rx)
         self._gen: FaceModel | None = None
         if p.engine == "neural":
-            try:
-                generator_conditions(rx, "remove", p.strength, p.lens)
-            except ValueError as e:
-                raise FilterError(f"engine=neural: {e}") from None
-            gen = FaceModel(GENERATOR, p.neural_size, p.backend)
-            check_size(gen.store, GENERATOR, p.neural_size)
-            self._gen = gen
-            gen.start()  # load in the background
+            self._gen = start_generator(rx, "remove", p.strength, p.lens, p.neural_size, p.backend)
 
     def prepare(self, timeout: float | None = None) -> None:
         if self._gen is not None:

@@ -43,15 +43,6 @@ class Restore(Filter):
         super().__init__(params)
         self._derive(self.params)
 
-    def configure(self, params: dict[str, Any]) -> None:
-        old = self.params
-        super().configure(params)
-        try:
-            self._derive(self.params)
-        except FilterError:
-            self.params = old  # all-or-nothing
-            raise
-
     def _derive(self, p: RestoreParams) -> None:
         model = FaceModel(MODEL, p.size, p.backend)
         check_size(model.store, MODEL, p.size)

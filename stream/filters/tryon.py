@@ -27,18 +27,18 @@ from models.optics.scene import FaceOptics, OpticsOptions, face_optics, lens_pow
 from stream.face import Face
 from stream.filters.base import Filter, FilterError, FrameContext, param
 from stream.filters.neural import (
+    GENERATOR,
     CropJob,
     FaceModel,
     backend_param,
-    check_size,
     generator_conditions,
     lens_alpha,
     size_param,
+    start_generator,
 )
 
 FRAMES = frame_names()
 ENGINES = ("optics", "neural")
-GENERATOR = "generator"
 LENS_FEATHER = 0.012  # lens-edge blend of the neural engine, fraction of the crop side (the rim hides it)
 
 
@@ -85,15 +85,6 @@ class Tryon(Filter):
         self._iris: dict[int, IrisScale] = {}
         self._derive(self.params)
 
-    def configure(self, params: dict[str, Any]) -> None:
-        old = self.params
-        super().configure(params)
-        try:
-            self._derive(self.params)
-        except FilterError:
-            self.params = old  # all-or-nothing
-            raise
-
     def _derive(self, p: TryonParams) -> None:
         """Parse what does not change per frame once: prescription, powers, frame, colours."""
         rx = build_rx(p.rx, p.od, p.os, p.pd, p.vertex_mm, p.index)
@@ -112,14 +103,7 @@ class Tryon(Filter):
                                    pantoscopic_deg=p.pantoscopic_deg, anchor=p.anchor, png=self._png)
         self._gen: FaceModel | None = None
         if p.engine == "neural":
-            try:
-                generator_conditions(rx, "add", self._opts.strength, p.lens)
-            except ValueError as e:
-                raise FilterError(f"engine=neural: {e}") from None
-            gen = FaceModel(GENERATOR, p.neural_size, p.backend)
-            check_size(gen.store, GENERATOR, p.neural_size)
-            self._gen = gen
-            gen.start()  # load in the background
+            self._gen = start_generator(rx, "add", self._opts.strength, p.lens, p.neural_size, p.backend)
 
     def prepare(self, timeout: float | None = None) -> None:
         if self._gen is not None:

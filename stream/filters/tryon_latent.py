@@ -220,9 +220,8 @@ class TryonLatent(Filter):
 
     def configure(self, params: dict[str, Any]) -> None:
         old = self.params
-        super().configure(params)
+        super().configure(params)  # new params and _derive, all-or-nothing
         try:
-            self._derive(self.params)
             optics_keys = {f.name for f in dataclasses.fields(TryonParams)}
             self._optics.configure({k: v for k, v in params.items() if k in optics_keys})
         except FilterError:
