@@ -33,6 +33,7 @@ from models.latent.loho import (
     LohoConfig,
     LohoInputs,
     StageTimes,
+    edge_structure,
     optimise_two_stage,
     structure_iou,
 )
@@ -254,6 +255,7 @@ def run_latent_tryon(
         "final_losses": last,
         "stage2_mean_layer_cosine": {"first": cos[0], "last": cos[-1]} if cos else None,
         "structure_iou": iou,
+        "edge_structure": edge_structure(edited, inputs.structure, masks.inner),
         "region_fraction": float(masks.region.mean()),
         "cpu_ms": times.cpu_ms,  # this thread's CPU time per stage (the cost, whatever the machine's load)
     }

@@ -414,3 +414,35 @@ def structure_iou(
         raise ValueError("empty region")
     t = otsu_threshold(d[r]) if threshold is None else threshold
     return mask_iou(d > t, np.asarray(frame_mask) > 0.5, r)
+
+
+def gradient_magnitude(image: torch.Tensor) -> np.ndarray:
+    """(H, W) colour gradient magnitude of a (1, 3, H, W) image: sqrt of the summed squared 3x3 Sobel
+    responses of all channels (an edge in any channel counts, whatever its colour), borders replicated."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=image.dtype) / 8.0
+    k = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
+    x = torch.nn.functional.pad(image.detach()[0][:, None], (1, 1, 1, 1), mode="replicate")  # (3, 1, H+2, W+2)
+    g = torch.nn.functional.conv2d(x, k)  # (3, 2, H, W)
+    return g.square().sum(dim=(0, 1)).sqrt().cpu().numpy()
+
+
+def edge_structure(edited: torch.Tensor, structure: torch.Tensor, region: np.ndarray) -> float:
+    """How much of the structure reference's shape an edit drew: inside the region, the Pearson correlation
+    between the edit's and the structure reference's gradient magnitudes, in [-1, 1] (0 when either has no
+    edges there).
+
+    Structure is where the edges are, not their colour: a uniform gain or offset on the edit (appearance
+    transfer recolouring the rim) leaves the score unchanged, while edges missing, moved or blurred away lower
+    it. Unlike ``structure_iou`` it compares with the reference itself, so an edit that sharpens the whole
+    region towards the keyframe is not scored as having drawn "change" everywhere.
+    """
+    r = np.asarray(region) > 0.5
+    if not r.any():
+        raise ValueError("empty region")
+    a = gradient_magnitude(edited)[r].astype(np.float64)
+    b = gradient_magnitude(structure)[r].astype(np.float64)
+    a -= a.mean()
+    b -= b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-12 else 0.0
+
