@@ -445,4 +445,3 @@ def edge_structure(edited: torch.Tensor, structure: torch.Tensor, region: np.nda
     b -= b.mean()
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
     return float((a * b).sum() / den) if den > 1e-12 else 0.0
-
