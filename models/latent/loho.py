@@ -265,6 +265,48 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr * g["scale"]
 
 
+def _start(
+    net: StyleAutoencoder,
+    inputs: LohoInputs,
+    cfg: LohoConfig,
+    init: tuple[torch.Tensor, torch.Tensor | None] | None,
+) -> tuple[Targets, _Latent, LohoResult]:
+    """Loss targets, the variables (from ``init`` or the keyframe's encoding) and an empty result."""
+    times = StageTimes()
+    with times.stage("targets"):
+        codes0, coarse0 = init if init is not None else encode_keyframe(net, inputs.keyframe)
+        targets = prepare_targets(net, inputs, cfg.feature_levels)
+    z = _Latent(codes0, coarse0, cfg)
+    return targets, z, LohoResult(codes0.clone(), coarse0, codes0.clone(), coarse0, times=times)
+
+
+def _descend(
+    net: StyleAutoencoder,
+    inputs: LohoInputs,
+    targets: Targets,
+    cfg: LohoConfig,
+    z: _Latent,
+    result: LohoResult,
+    steps: int,
+    stage: int,
+    cancel: Callable[[], bool] | None,
+) -> None:
+    """Plain Adam on codes and coarse input over every loss term, one cosine schedule at ``cfg.lr``: stage 1
+    (identity + structure) or, with ``stage`` 0, the joint baseline (appearance and style too)."""
+    params = z.params(with_coarse=True)
+    opt = z.optimiser(True, cfg.lr)
+    for step in range(steps):
+        _check_cancel(cancel)
+        lr = cosine_lr(cfg.lr, cfg.lr_final, step, steps)
+        set_lr(opt, lr)
+        terms, _ = loss_terms(net, z.codes, z.coarse, inputs, targets, cfg, with_reference=stage == 0)
+        grads = torch.autograd.grad(sum(terms.values()), params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+        result.history.append(StepRecord(stage, step, lr, _floats(terms)))
+
+
 def optimise_two_stage(
     net: StyleAutoencoder,
     inputs: LohoInputs,
@@ -274,32 +316,15 @@ def optimise_two_stage(
 ) -> LohoResult:
     """Stage 1 (identity + structure), then stage 2 (+ appearance and style, structure gradient projected).
     ``init``: the keyframe's (codes, coarse) if already encoded."""
-    times = StageTimes()
-    with times.stage("targets"):
-        codes0, coarse0 = init if init is not None else encode_keyframe(net, inputs.keyframe)
-        targets = prepare_targets(net, inputs, cfg.feature_levels)
-    z = _Latent(codes0, coarse0, cfg)
-    result = LohoResult(codes0.clone(), coarse0, codes0.clone(), coarse0, times=times)
-
-    with times.stage("stage1"):
-        params = z.params(with_coarse=True)
-        opt = z.optimiser(True, cfg.lr)
-        for step in range(cfg.steps_stage1):
-            _check_cancel(cancel)
-            lr = cosine_lr(cfg.lr, cfg.lr_final, step, cfg.steps_stage1)
-            set_lr(opt, lr)
-            terms, _ = loss_terms(net, z.codes, z.coarse, inputs, targets, cfg, with_reference=False)
-            grads = torch.autograd.grad(terms["identity"] + terms["structure"], params)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            opt.step()
-            result.history.append(StepRecord(1, step, lr, _floats(terms)))
+    targets, z, result = _start(net, inputs, cfg, init)
+    with result.times.stage("stage1"):
+        _descend(net, inputs, targets, cfg, z, result, cfg.steps_stage1, 1, cancel)
 
     # Stage 2 edits the per-layer codes only: the spatial layout (coarse input) is what stage 1 built.
     coarse = None if z.coarse is None else z.coarse.detach()
     result.stage1 = (z.codes.detach().clone(), None if coarse is None else coarse.clone())
     w = z.codes
-    with times.stage("stage2"):
+    with result.times.stage("stage2"):
         lr2 = cfg.lr * cfg.lr_stage2
         opt = z.optimiser(False, lr2)
         for step in range(cfg.steps_stage2):
@@ -333,26 +358,9 @@ def optimise_joint(
 ) -> LohoResult:
     """One-stage baseline: identity + structure + appearance + style together on the same variables, no
     projection, for ``steps_stage1 + steps_stage2`` steps (one cosine schedule at stage 1's rate)."""
-    times = StageTimes()
-    with times.stage("targets"):
-        codes0, coarse0 = init if init is not None else encode_keyframe(net, inputs.keyframe)
-        targets = prepare_targets(net, inputs, cfg.feature_levels)
-    z = _Latent(codes0, coarse0, cfg)
-    result = LohoResult(codes0.clone(), coarse0, codes0.clone(), coarse0, times=times)
-    total = cfg.steps_stage1 + cfg.steps_stage2
-    with times.stage("joint"):
-        params = z.params(with_coarse=True)
-        opt = z.optimiser(True, cfg.lr)
-        for step in range(total):
-            _check_cancel(cancel)
-            lr = cosine_lr(cfg.lr, cfg.lr_final, step, total)
-            set_lr(opt, lr)
-            terms, _ = loss_terms(net, z.codes, z.coarse, inputs, targets, cfg, with_reference=True)
-            grads = torch.autograd.grad(sum(terms.values()), params)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            opt.step()
-            result.history.append(StepRecord(0, step, lr, _floats(terms)))
+    targets, z, result = _start(net, inputs, cfg, init)
+    with result.times.stage("joint"):
+        _descend(net, inputs, targets, cfg, z, result, cfg.steps_stage1 + cfg.steps_stage2, 0, cancel)
     result.codes = z.codes.detach().clone()
     result.coarse = None if z.coarse is None else z.coarse.detach().clone()
     return result
