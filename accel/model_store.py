@@ -57,9 +57,12 @@ def weights_sizes(name: str, weights_dir: Path) -> dict[int, Path]:
     ``<name>.pt`` serves the size its config says; ``<name>_<size>.pt`` files add sizes. Files without a
     readable config are ignored here (``load_model`` reports them when asked for explicitly).
     """
+    from export.models import weights_family
+
     out: dict[int, Path] = {}
     if not weights_dir.is_dir():
         return out
+    name = weights_family(name)  # e.g. generator_heads loads generator.pt
     for pt in sorted([weights_dir / f"{name}.pt", *weights_dir.glob(f"{name}_*.pt")]):
         if not pt.is_file():
             continue
@@ -92,16 +95,22 @@ class ModelRequest:
     size: int  # crop side in pixels
     batch: int = 1  # static batch of the exported graph
     prefer: str | None = None  # a BackendSelector candidate tried first; None: the automatic order
+    # CPU threads of the session where the backend has its own pool (ONNX Runtime); None: the store's
+    # default. One thread each when two networks of a frame run at the same time (stream.concurrency).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.prefer is not None and self.prefer not in BACKEND_CHOICES[1:]:
             raise ValueError(f"backend {self.prefer!r} is not one of {', '.join(BACKEND_CHOICES)}")
 
     @property
     def label(self) -> str:
-        return f"{self.name}@{self.size}/b{self.batch}" + (f"/{self.prefer}" if self.prefer else "")
+        return (f"{self.name}@{self.size}/b{self.batch}" + (f"/{self.prefer}" if self.prefer else "")
+                + (f"/t{self.threads}" if self.threads else ""))  # fmt: skip
 
 
 def export_key(weights_sha256: str, size: int, batch: int, versions: Mapping[str, str]) -> str:
@@ -288,14 +297,16 @@ class ModelStore:
             h.weights_signature = _signature(weights)
             if weights is None:
                 have = self.sizes(req.name)
-                where = self.weights_dir / f"{req.name}.pt"
+                from export.models import weights_family
+
+                where = self.weights_dir / f"{weights_family(req.name)}.pt"
                 msg = (f"no {req.size}px weights (have: {', '.join(map(str, have)) or 'none'}); expected {where} "
                        f"(+ .json), see README 'Neural filters' or set {WEIGHTS_ENV}")  # fmt: skip
                 log.warning("%s: %s; frames pass through", req.label, msg)
                 h._finish(NO_WEIGHTS, msg)
                 return
             files, cached = exported_files(req.name, req.size, req.batch, weights, self.cache_dir)
-            backend = self.selector.select(req.label, files, req.prefer)
+            backend = self.selector.select(req.label, files, req.prefer, req.threads)
             active = dict(self.selector.active.get(req.label, {}))
             if backend is None:
                 msg = "no backend could load it: " + ("; ".join(active.get("failed", [])) or "none available here")

@@ -67,6 +67,12 @@ class OnnxRuntimeBackend(Backend):
     def precision(self) -> str:
         return self.manifest.precision if self.manifest else "fp32"
 
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self._on_cpu:
+            d["threads"] = self.options.intra_op_threads
+        return d
+
     def _session_options(self) -> Any:
         import onnxruntime as ort
 

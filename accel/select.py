@@ -43,6 +43,12 @@ class Candidate:
     factory: Callable[[], Backend]
     source: Callable[[ModelFiles], Any]
     available: Callable[[], bool] = lambda: True
+    # Builds the backend with a given number of CPU threads (per-session pools: ONNX Runtime); None where a
+    # backend has no such setting of its own (GPU backends; torch's CPU pool is process-wide).
+    threaded: Callable[[int], Backend] | None = None
+
+    def build(self, threads: int | None = None) -> Backend:
+        return self.threaded(threads) if threads is not None and self.threaded is not None else self.factory()
 
 
 def _cuda() -> bool:
@@ -74,7 +80,8 @@ def default_candidates(precision: str = "fp16", intra_op_threads: int = 2) -> di
                                 module, _cuda),
         "torch-cpu": Candidate("torch-cpu", lambda: TorchBackend(TorchOptions(device="cpu")), module),
         "onnxruntime": Candidate("onnxruntime",
-                                 lambda: OnnxRuntimeBackend(OrtOptions(intra_op_threads=intra_op_threads)), onnx),
+                                 lambda: OnnxRuntimeBackend(OrtOptions(intra_op_threads=intra_op_threads)), onnx,
+                                 threaded=lambda n: OnnxRuntimeBackend(OrtOptions(intra_op_threads=n))),
     }  # fmt: skip
 
 
@@ -92,14 +99,16 @@ class BackendSelector:
         names = [prefer] if prefer else []
         return names + [n for n in self.order if n != prefer and n in self.candidates]
 
-    def select(self, model: str, files: ModelFiles, prefer: str | None = None) -> Backend | None:
+    def select(self, model: str, files: ModelFiles, prefer: str | None = None,
+               threads: int | None = None) -> Backend | None:  # fmt: skip
+        """The first candidate that loads and warms up (``threads``: CPU threads where a backend has its own)."""
         names = [n for n in self.plan(prefer) if self._available(n)]
         failed: list[str] = []  # why each tried backend was skipped, for the stats overlay
         for i, name in enumerate(names):
             cand = self.candidates[name]
             backend: Backend | None = None
             try:
-                backend = cand.factory()
+                backend = cand.build(threads)
                 backend.load(cand.source(files), files.manifest)
                 backend.warmup(self.warmup_runs)
             except Exception as e:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from export.models import MODEL_NAMES
+from export.models import MODEL_NAMES, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         weights = None
         if args.weights_dir is not None:
-            weights = args.weights_dir / f"{name}.pt"
+            weights = args.weights_dir / f"{model_spec(name).weights}.pt"
         try:
             res = export_model(name, args.out, opts, weights=weights, real_inputs=real)
         except (ParityError, ValueError, FileNotFoundError) as e:

@@ -36,6 +36,13 @@ class ModelSpec:
     # ||z||^2 - 2 z.e + ||e||^2, which cancels catastrophically in fp16; a flipped argmin swaps a whole
     # code (a patch of the output), not a rounding error.
     fp32_nodes: tuple[str, ...] = ()
+    # The weights family it loads (``<weights_name>.pt``) when that is another model's: a graph that is
+    # the same network with other outputs shares its weights.
+    weights_name: str | None = None
+
+    @property
+    def weights(self) -> str:
+        return self.weights_name or self.name
 
 
 def _image(b: int, s: int) -> tuple[int, ...]:
@@ -46,6 +53,7 @@ def _specs() -> dict[str, ModelSpec]:
     from models.nets import (
         CodebookRestorer,
         GeneratorConfig,
+        GeneratorHeads,
         PrescriptionGenerator,
         RestorerConfig,
         StyleAutoencoder,
@@ -54,6 +62,8 @@ def _specs() -> dict[str, ModelSpec]:
     from models.nets.conditioning import COND_DIM
 
     image = InputSpec("image", _image, IMAGE_NORM)
+    cond = InputSpec("cond", lambda b, s: (b, COND_DIM),
+                     "PrescriptionCondition.to_tensor() (16 floats, see models/nets/conditioning.py)", 0.0, 1.0)
     return {
         "style_autoencoder": ModelSpec(
             "style_autoencoder", StyleAutoencoderConfig, StyleAutoencoder, (image,), ("out",)
@@ -67,15 +77,19 @@ def _specs() -> dict[str, ModelSpec]:
         ),
         "generator": ModelSpec(
             "generator", GeneratorConfig, PrescriptionGenerator,
-            (image, InputSpec("cond", lambda b, s: (b, COND_DIM),
-                              "PrescriptionCondition.to_tensor() (16 floats, see models/nets/conditioning.py)",
-                              0.0, 1.0)),
+            (image, cond),
             ("out",),
+        ),
+        "generator_heads": ModelSpec(
+            "generator_heads", GeneratorConfig, GeneratorHeads, (image, cond), ("field", "residual", "mask"),
+            output_normalisation="field (B,2,S,S) in normalised grid units, residual (B,3,S,S) in image units, "
+                                 "mask (B,1,S,S) in [0, 1]; composed by models/heads_compose.py",
+            weights_name="generator",
         ),
     }  # fmt: skip
 
 
-MODEL_NAMES = ("style_autoencoder", "restorer", "generator")
+MODEL_NAMES = ("style_autoencoder", "restorer", "generator", "generator_heads")
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -83,6 +97,15 @@ def model_spec(name: str) -> ModelSpec:
     if name not in specs:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(specs)}")
     return specs[name]
+
+
+def weights_family(name: str) -> str:
+    """The ``<family>.pt`` weights a model loads: its own name, or the network's whose weights it shares.
+    Names that are no exportable model (e.g. test doubles) are their own family."""
+    try:
+        return model_spec(name).weights
+    except ValueError:
+        return name
 
 
 def config_for_size(spec: ModelSpec, size: int, overrides: dict[str, Any] | None = None) -> Any:

@@ -20,6 +20,7 @@ from stream import filters as registry
 from stream.config import TrackerConfig
 from stream.face import Face
 from stream.filters.base import Filter, FilterError, FrameContext
+from stream.overlap import OverlapPlan, plan_overlap
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ class FramePipeline:
         chain: Sequence[FilterSpec] | str = "passthrough",
         tracker_config: TrackerConfig | None = None,
         tracker_factory: TrackerFactory | None = None,
+        overlap: bool = True,
     ) -> None:
         self.tracker_config = tracker_config or TrackerConfig()
+        self.overlap = overlap  # run a later filter's network beside an earlier one's (stream.overlap)
+        self._plan = OverlapPlan()
         self._tracker_factory = tracker_factory or _default_tracker_factory
         self._tracker: Any = None
         self._tracker_error: str | None = None
@@ -96,10 +100,18 @@ class FramePipeline:
             isinstance(chain, (list, tuple)) and chain and all(isinstance(c, FilterSpec) for c in chain)
         ) else list(chain)
         new = [registry.create(s.name, s.params) for s in specs]
+        plan = self._replan(new)
         with self._lock:
             self._retired.extend(self._filters)
-            self._filters = new
+            self._filters, self._plan = new, plan
         return [f.name for f in new]
+
+    def _replan(self, chain: Sequence[Filter]) -> OverlapPlan:
+        """The chain's overlap plan, with each filter told whether its network shares the cores."""
+        plan = plan_overlap(chain, self.overlap)
+        for k, f in enumerate(chain):
+            f.set_concurrent(k in plan.concurrent)
+        return plan
 
     def configure(self, name: str, params: dict[str, Any]) -> None:
         """Change parameters of the filter ``name`` in the running chain."""
@@ -109,6 +121,12 @@ class FramePipeline:
             raise FilterError(f"filter {name!r} is not in the chain")
         for f in matches:
             f.configure(params)
+        with self._lock:
+            chain = list(self._filters)
+        plan = self._replan(chain)  # e.g. engine=neural makes a filter able to begin early
+        with self._lock:
+            if self._filters == chain:
+                self._plan = plan
 
     @property
     def chain(self) -> list[str]:
@@ -155,6 +173,7 @@ class FramePipeline:
         """Run tracking (if any filter needs it) and the chain on one RGB uint8 frame."""
         with self._lock:
             chain = list(self._filters)
+            plan = self._plan
             retired, self._retired = self._retired, []
         for f in retired:
             f.close()
@@ -175,6 +194,17 @@ class FramePipeline:
             elif self._tracker_error:
                 errors.append(self._tracker_error)
         ctx = FrameContext(self._index, timestamp_s, faces, w, h, timings)
+        for k in sorted(plan.early):  # start later filters' networks from the input frame (stream.overlap)
+            f = chain[k]
+            t0 = time.perf_counter()
+            try:
+                f.begin(image, ctx)
+            except FilterError as e:  # apply meets the same problem and reports it
+                log.debug("filter %s: begin skipped: %s", f.name, e)
+            except Exception as e:
+                errors.append(f"{f.name}.begin: {e}")
+                log.exception("filter %s: begin failed; it runs after the filters before it", f.name)
+            timings[f"{f.name}.begin"] = (time.perf_counter() - t0) * 1e3
         out = image
         for f in chain:
             t0 = time.perf_counter()

@@ -571,3 +571,162 @@ def test_torch_cuda_frame_path_runs_on_the_device(store: ModelStore) -> None:
     assert not changed(got, frame)[outside].any()
     # fp16 + a codebook: a few codes may flip; the bulk of the face must agree
     assert np.mean(np.abs(got.astype(int) - want) <= 3) > 0.98
+
+
+# -- overlap: the generator's heads beside the restorer (stream.overlap) --------------------------------
+class FixedTracker:
+    def __init__(self, faces: list[Face]) -> None:
+        self.faces = faces
+
+    def track(self, image: np.ndarray, timestamp_s: float) -> list[Face]:
+        return list(self.faces)
+
+    def close(self) -> None:
+        pass
+
+
+REMOVE_NEURAL = {"name": "remove", "params": {"engine": "neural", "rx": "-5.00", "fit_frames": 0}}
+TRYON_NEURAL = {"name": "tryon", "params": {"engine": "neural", "rx": "-5.00", "draw_frame": False}}
+
+
+@pytest.mark.parametrize("spec", [REMOVE_NEURAL, TRYON_NEURAL], ids=["remove", "tryon"])
+def test_overlapped_chain_runs_the_heads_beside_the_restorer(
+    store: ModelStore, tracked: tuple[np.ndarray, list[Face]], spec: dict[str, Any]
+) -> None:
+    from stream.pipeline import FramePipeline
+
+    frame, faces = tracked
+    name = spec["name"]
+    chain = [{"name": "restore"}, spec]
+    pipes = {on: FramePipeline(chain, tracker_factory=lambda cfg: FixedTracker(faces), overlap=on)
+             for on in (True, False)}  # fmt: skip
+    try:
+        outs, timings = {}, {}
+        for on, p in pipes.items():
+            p.prepare(120)
+            models = p.models()
+            assert {m["threads"] for m in models.values()} == ({1} if on else {2})
+            outs[on], res = p.process(frame, 0.0)
+            assert not res.errors
+            timings[on] = res.timings_ms
+        assert {f"{name}.{k}" for k in ("begin", "generator_heads", "generator_heads.overlapped")} <= set(timings[True])
+        assert f"{name}.generator" in timings[False] and f"{name}.begin" not in timings[False]
+        restored = create("restore").apply(frame, ctx_for(frame, faces))
+        grow = reach_px(faces[0], LENS_FEATHER * SIZE / 2)
+        lenses = lens_region(pipes[True]._filters[1], frame, faces, grow=grow)
+        for out in outs.values():  # both edit the lenses of the restored frame, and only them
+            diff = changed(out, restored)
+            assert diff.sum() > 0.3 * lenses.sum() and not diff[~lenses].any()
+    finally:
+        for p in pipes.values():
+            p.close()
+
+
+def test_overlap_follows_configure(store: ModelStore, tracked: tuple[np.ndarray, list[Face]]) -> None:
+    from stream.pipeline import FramePipeline
+
+    p = FramePipeline([{"name": "restore"}, {"name": "remove", "params": {"rx": "-5.00", "fit_frames": 0}}],
+                      tracker_factory=lambda cfg: FixedTracker(tracked[1]))  # fmt: skip
+    try:
+        assert not p._plan.early and not any(f.concurrent for f in p._filters)  # optics remove: no network
+        p.configure("remove", {"engine": "neural"})
+        assert p._plan.early == {1} and all(f.concurrent for f in p._filters)
+        p.prepare(120)
+        assert {m["threads"] for m in p.models().values()} == {1}
+        p.configure("remove", {"engine": "optics"})
+        assert not p._plan.early and not p._filters[0].concurrent
+    finally:
+        p.close()
+
+
+def test_a_failing_begin_leaves_the_frame_to_apply(store: ModelStore, tracked: tuple[np.ndarray, list[Face]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The heads graph then runs after the restorer, composed on its output on the host: the same picture."""
+    from stream.pipeline import FramePipeline
+
+    frame, faces = tracked
+    p = FramePipeline([{"name": "restore"}, REMOVE_NEURAL], tracker_factory=lambda cfg: FixedTracker(faces))
+    try:
+        p.prepare(120)
+        good, _ = p.process(frame, 0.0)
+
+        def broken(*a: Any, **k: Any) -> None:
+            raise RuntimeError("worker pool gone")
+
+        monkeypatch.setattr(FaceModel, "begin", broken)
+        out, res = p.process(frame, 0.04)
+        assert res.errors == ["remove.begin: worker pool gone"]
+        assert "remove.generator_heads" in res.timings_ms and "remove.generator_heads.overlapped" not in res.timings_ms
+        assert np.abs(out.astype(int) - good).max() <= 1  # same heads, same composition; ORT thread rounding
+    finally:
+        p.close()
+
+
+class HeadsBackend(Backend):
+    """Fixed smooth heads (a sideways field, a residual, a mask) on the host or the torch path."""
+
+    name = "heads"
+
+    def __init__(self, device_io: bool) -> None:
+        super().__init__()
+        self._device_io = device_io
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def precision(self) -> str:
+        return "fp32"
+
+    @property
+    def device_io(self) -> bool:
+        return self._device_io
+
+    def _load(self, source: Any, manifest: Manifest) -> None:
+        pass
+
+    def _heads(self, n: int) -> dict[str, np.ndarray]:
+        xs = np.linspace(0.0, np.pi, SIZE, dtype=np.float32)
+        field = np.zeros((n, 2, SIZE, SIZE), np.float32)
+        field[:, 0] = 0.05 * np.sin(xs)[None, None, :]
+        field[:, 1] = -0.03 * np.cos(xs)[None, :, None]
+        return {"field": field, "residual": np.full((n, 3, SIZE, SIZE), 0.1, np.float32),
+                "mask": np.full((n, 1, SIZE, SIZE), 0.8, np.float32)}  # fmt: skip
+
+    def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._heads(len(inputs["image"]))
+
+    def run_device(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: torch.from_numpy(v) for k, v in self._heads(len(inputs["image"])).items()}
+
+
+def test_heads_compose_alike_on_the_host_and_the_device_path(store: ModelStore, weights_dir: Path) -> None:
+    """A heads graph on a device backend composes with torch (``neural_gpu.compose``) and cannot begin early."""
+    stores = {io: store_with(store, weights_dir, {"heads": Candidate("heads", lambda io=io: HeadsBackend(io),
+                                                                     lambda f: None)})
+              for io in (True, False)}  # fmt: skip
+    try:
+        frame = smooth_frame()
+        mats = [centred_similarity(0.5, 0.2)]
+        alpha = polygon_alpha(np.array([[20, 30], [108, 30], [108, 70], [20, 70]], float), SIZE, 4.0)
+        cond = np.zeros(16, np.float32)
+        jobs = [CropJob(0, alpha, {"cond": cond})]
+        outs = {}
+        for io, s in stores.items():
+            fm = FaceModel("generator_heads", SIZE, store=s, batch_sizes=(1,), threads=1)
+            assert fm.prepare(120) and fm.composes
+            pending = fm.begin(frame, mats, jobs)
+            if io:
+                assert pending is None  # device backends run in turn: nothing to overlap on a GPU
+                outs[io] = fm.run(frame, mats, jobs, 4.0)
+            else:
+                assert pending is not None
+                outs[io] = fm.finish(pending, frame, 4.0)
+                assert np.array_equal(outs[io], fm.run(frame, mats, jobs, 4.0))  # begin/finish == run here
+            fm.close()
+        assert changed(outs[False], frame).sum() > 2000
+        assert np.abs(outs[True].astype(int) - outs[False]).max() <= 2  # cv2 fixed point vs float torch
+    finally:
+        for s in stores.values():
+            s.close()

@@ -9,6 +9,7 @@ from models.nets.conditioning import PrescriptionCondition
 from models.nets.generator import (
     ConditionalPatchDiscriminator,
     GeneratorConfig,
+    GeneratorHeads,
     PrescriptionGenerator,
     mirrored_loss,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "CodebookRestorer",
     "ConditionalPatchDiscriminator",
     "GeneratorConfig",
+    "GeneratorHeads",
     "LinearGatedFusion",
     "PrescriptionCondition",
     "PrescriptionGenerator",

@@ -71,6 +71,12 @@ def warp(x: torch.Tensor, field: torch.Tensor, grid: torch.Tensor) -> torch.Tens
                          align_corners=False)  # fmt: skip
 
 
+def compose(x: torch.Tensor, field: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor,
+            grid: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The generator's output from its heads: ``mask * (warp(x, field) + residual) + (1 - mask) * x``."""
+    return mask * (warp(x, field, grid) + residual) + (1.0 - mask) * x
+
+
 class UpFiLM(nn.Module):
     """Upsample, conv, concat the (FiLM-conditioned) skip, fuse, FiLM again: conditioning reaches every scale."""
 
@@ -129,11 +135,20 @@ class PrescriptionGenerator(nn.Module):
         fld = torch.tanh(raw[:, 0:2]) * (self.cfg.max_displacement * s)
         residual = torch.tanh(raw[:, 2:5]) * (2.0 * s)  # the full [-1, 1] range can be reached
         mask = torch.sigmoid(raw[:, 5:6]) * s
-        out = mask * (warp(x, fld, self.grid) + residual) + (1.0 - mask) * x
-        return GeneratorOutput(out, fld, residual, mask)
+        return GeneratorOutput(compose(x, fld, residual, mask, self.grid), fld, residual, mask)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.generate(x, c).image
+
+
+class GeneratorHeads(PrescriptionGenerator):
+    """The same network (same weights) exported without its last step: ``forward(x, c) -> (field, residual,
+    mask)``. A caller composes them (``compose``; on the host ``models.heads_compose``) on an image of
+    its choice, e.g. the restorer's output for a crop the heads were computed from while the restorer ran."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        g = self.generate(x, c)
+        return g.field, g.residual, g.mask
 
 
 def mirrored_loss(gen: PrescriptionGenerator, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -126,8 +126,12 @@ class Filter:
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     needs_faces: ClassVar[bool] = False
+    # Pixels stay where they are (content may change): a later filter may start from the frame as it entered
+    # the chain and finish on this filter's output (``begin``; stream.overlap).
+    preserves_geometry: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.concurrent = False  # set by the pipeline: this filter's network shares the cores with another's
         self.params = build_params(self.Params, params)
 
     def configure(self, params: dict[str, Any]) -> None:
@@ -147,6 +151,31 @@ class Filter:
 
     def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
         raise NotImplementedError
+
+    # -- overlap with earlier filters (stream.overlap) ----------------------------------------------------
+    @property
+    def uses_network(self) -> bool:
+        """True when ``apply`` runs a neural network (what an overlapping filter can run beside)."""
+        return False
+
+    @property
+    def can_begin(self) -> bool:
+        """True when ``begin`` can start this filter's network from the chain's input frame."""
+        return False
+
+    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
+        """Start work on the frame as it entered the chain (before the filters ahead of this one have run);
+        ``apply`` picks it up for the same frame, or works as usual when nothing was started."""
+
+    def set_concurrent(self, on: bool) -> None:
+        """The pipeline's overlap plan: when on, this filter's network runs at the same time as another's, so
+        it takes one CPU thread (two single-thread sessions side by side beat two 2-thread ones in turn)."""
+        if on != self.concurrent:
+            self.concurrent = on
+            self._start_models(self.params)
+
+    def _start_models(self, p: Any) -> None:
+        """(Re)create the filter's model handles for ``p`` and ``self.concurrent``; part of ``_derive``."""
 
     def prepare(self, timeout: float | None = None) -> None:
         """Block until the filter's models are loaded (file mode; a live stream never waits)."""

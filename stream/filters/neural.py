@@ -20,6 +20,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from accel.model_store import BACKEND_CHOICES, READY, ModelHandle, ModelRequest, ModelStore, shared_store
 from models.align import CROP_SIZES, paste_back, transform_scale, warp_crop
+from models.heads_compose import compose_heads
 from stream.filters.base import FilterError, param
 
 log = logging.getLogger(__name__)
@@ -206,26 +208,59 @@ class CropJob:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # per image, no batch axis (e.g. "cond": (16,))
 
 
+HEADS_OUTPUTS = ("field", "residual", "mask")  # a graph with these outputs is composed here (generator_heads)
+
+
+def alpha_box(alpha: np.ndarray | None, size: int) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) bounding the nonzero weights (None: the whole crop); the only pixels a paste uses."""
+    if alpha is None:
+        return None
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+@dataclass
+class PendingRun:
+    """A network run started from the frame as it entered the chain (``FaceModel.begin``), finished on the
+    frame an earlier filter made of it (``FaceModel.finish``)."""
+
+    mats: list[np.ndarray]
+    jobs: list[CropJob]
+    future: Future[list[dict[str, np.ndarray]]]
+    started_s: float
+
+
 class FaceModel:
-    """One network over aligned face crops, served by the shared ``ModelStore``."""
+    """One network over aligned face crops, served by the shared ``ModelStore``.
+
+    A graph whose outputs are the generator's heads (``HEADS_OUTPUTS``) is composed on the crop here
+    (``models.heads_compose``), which lets ``begin`` run it on a worker thread from the frame as it entered
+    the chain while an earlier filter's network runs, and ``finish`` compose it on that filter's output.
+    """
 
     def __init__(self, model: str, size: int, prefer: str = "auto", store: ModelStore | None = None,
-                 batch_sizes: Sequence[int] = BATCH_SIZES) -> None:  # fmt: skip
+                 batch_sizes: Sequence[int] = BATCH_SIZES, threads: int | None = None) -> None:  # fmt: skip
         if size not in CROP_SIZES:
             raise FilterError(f"crop size must be one of {CROP_SIZES}, got {size}")
         if 1 not in batch_sizes:
             raise ValueError("batch size 1 is required")
-        self.model, self.size = model, size
+        self.model, self.size, self.threads = model, size, threads
         self.prefer = None if prefer == "auto" else prefer
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
         self._store = store
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def store(self) -> ModelStore:
         return self._store if self._store is not None else shared_store()
 
+    def _req(self, batch: int) -> ModelRequest:
+        return ModelRequest(self.model, self.size, batch, self.prefer, self.threads)
+
     def _request(self, batch: int) -> ModelHandle:
-        return self.store.request(ModelRequest(self.model, self.size, batch, self.prefer))
+        return self.store.request(self._req(batch))
 
     def start(self) -> ModelHandle:
         """Start loading the batch-1 graph in the background (returns at once)."""
@@ -243,7 +278,7 @@ class FaceModel:
         return d
 
     def _is_ready(self, batch: int) -> bool:
-        h = self.store.peek(ModelRequest(self.model, self.size, batch, self.prefer))
+        h = self.store.peek(self._req(batch))
         return h is not None and h.ready
 
     def _handles(self, n: int) -> dict[int, ModelHandle]:
@@ -260,6 +295,12 @@ class FaceModel:
                     out[b] = h
         return out
 
+    @property
+    def composes(self) -> bool:
+        h = self.store.peek(self._req(1))
+        m = h.backend.manifest if h is not None and h.backend is not None else None
+        return m is not None and tuple(o.name for o in m.outputs) == HEADS_OUTPUTS
+
     def run(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob], feather_px: float,
             timings: dict[str, float] | None = None, prefix: str = "") -> np.ndarray:  # fmt: skip
         """``image`` with every job's network output pasted back (a new array), or ``image`` itself when there
@@ -273,8 +314,59 @@ class FaceModel:
         t = timings if timings is not None else {}
         if handles[1].device_io:
             return self._run_device(image, mats, jobs, plan, handles, feather_px, t, prefix)
-        return self._run_host(image, mats, jobs, plan, handles, feather_px, t, prefix)
+        t0 = time.perf_counter()
+        crops = to_nchw([warp_crop(image, m, self.size) for m in mats])
+        t1 = time.perf_counter()
+        outs = self._infer(crops, jobs, plan, handles)
+        t2 = time.perf_counter()
+        out = self._paste(image, mats, jobs, outs, crops, feather_px)
+        self._time(t, prefix, t0, t1, t2, time.perf_counter())
+        return out
 
+    # -- overlap: start from the chain's input frame, finish on a later one (host backends) -------------
+    def begin(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob]) -> PendingRun | None:
+        """Start the network on crops of ``image`` on this model's worker thread; None (and nothing started)
+        unless the model is ready on a host backend and its output is composed here (heads): an image-to-image
+        graph's output would ignore what the filters before it did to the crop."""
+        if not jobs:
+            return None
+        handles = self._handles(len(jobs))
+        if not handles or handles[1].device_io or not self.composes:
+            return None
+        plan = plan_batches(len(jobs), handles)
+        crops = to_nchw([warp_crop(image, m, self.size) for m in mats])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.model}-overlap")
+        jobs = list(jobs)
+        return PendingRun(list(mats), jobs, self._pool.submit(self._infer, crops, jobs, plan, handles),
+                          time.perf_counter())  # fmt: skip
+
+    def finish(self, pending: PendingRun, image: np.ndarray, feather_px: float,
+               timings: dict[str, float] | None = None, prefix: str = "") -> np.ndarray:  # fmt: skip
+        """Wait for ``pending`` and compose its heads on crops of ``image`` (the frame as it is now); records
+        the wait (what the overlap left on the frame's critical path) as the model's time, and the run's
+        own span from ``begin`` as ``<model>.overlapped``."""
+        t = timings if timings is not None else {}
+        t0 = time.perf_counter()
+        outs = pending.future.result()
+        t1 = time.perf_counter()
+        crops = to_nchw([warp_crop(image, m, self.size) for m in pending.mats])
+        t2 = time.perf_counter()
+        out = self._paste(image, pending.mats, pending.jobs, outs, crops, feather_px)
+        t3 = time.perf_counter()
+        p = f"{prefix}." if prefix else ""
+        t[f"{p}align"] = t.get(f"{p}align", 0.0) + (t2 - t1) * 1e3
+        t[f"{p}{self.model}"] = (t1 - t0) * 1e3
+        t[f"{p}{self.model}.overlapped"] = (t1 - pending.started_s) * 1e3
+        t[f"{p}paste"] = t.get(f"{p}paste", 0.0) + (t3 - t2) * 1e3
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # -- host path ---------------------------------------------------------------------------------------
     def _feeds(self, jobs: Sequence[CropJob], plan: list[int]) -> Iterable[tuple[int, int, dict[str, np.ndarray]]]:
         """(start, batch, extra inputs stacked) per run of the plan."""
         i = 0
@@ -284,26 +376,32 @@ class FaceModel:
             yield i, b, {k: np.stack([np.asarray(j.inputs[k], np.float32) for j in chunk]) for k in names}
             i += b
 
-    def _run_host(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob], plan: list[int],
-                  handles: dict[int, ModelHandle], feather_px: float, timings: dict[str, float],
-                  prefix: str) -> np.ndarray:  # fmt: skip
-        t0 = time.perf_counter()
-        crops = to_nchw([warp_crop(image, m, self.size) for m in mats])
-        t1 = time.perf_counter()
-        outs = np.empty((len(jobs), 3, self.size, self.size), np.float32)
+    def _infer(self, crops: np.ndarray, jobs: Sequence[CropJob], plan: list[int],
+               handles: dict[int, ModelHandle]) -> list[dict[str, np.ndarray]]:  # fmt: skip
+        """Every job's outputs (name -> array without the batch axis)."""
+        outs: list[dict[str, np.ndarray]] = []
         for i, b, extra in self._feeds(jobs, plan):
             idx = [j.face for j in jobs[i : i + b]]
             res = handles[b].run({"image": crops[idx], **extra})
-            outs[i : i + b] = next(iter(res.values()))
-        t2 = time.perf_counter()
+            outs.extend({k: v[r] for k, v in res.items()} for r in range(b))
+        return outs
+
+    def _paste(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob],
+               outs: list[dict[str, np.ndarray]], crops: np.ndarray, feather_px: float) -> np.ndarray:  # fmt: skip
+        images = np.empty((len(jobs), 3, self.size, self.size), np.float32)
+        for k, (job, o) in enumerate(zip(jobs, outs, strict=True)):
+            if tuple(o) == HEADS_OUTPUTS:  # composed on the crop as it is now, only where the paste looks
+                images[k] = compose_heads(crops[job.face][None], *(o[n][None] for n in HEADS_OUTPUTS),
+                                          box=alpha_box(job.alpha, self.size))[0]  # fmt: skip
+            else:
+                images[k] = next(iter(o.values()))
         out = image
-        for job, crop in zip(jobs, from_nchw(outs), strict=True):
+        for job, crop in zip(jobs, from_nchw(images), strict=True):
             m = mats[job.face]
             out = paste_back(out, crop, m, feather_px / transform_scale(m), crop_alpha=job.alpha)
-        t3 = time.perf_counter()
-        self._time(timings, prefix, t0, t1, t2, t3)
         return out
 
+    # -- device path -------------------------------------------------------------------------------------
     def _run_device(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob], plan: list[int],
                     handles: dict[int, ModelHandle], feather_px: float, timings: dict[str, float],
                     prefix: str) -> np.ndarray:  # fmt: skip
@@ -327,8 +425,9 @@ class FaceModel:
         outs = []
         for i, b, extra in self._feeds(jobs, plan):
             idx = torch.as_tensor([j.face for j in jobs[i : i + b]], device=dev)
-            feed = {"image": crops.index_select(0, idx), **{k: torch.from_numpy(v).to(dev) for k, v in extra.items()}}
-            outs.append(next(iter(handles[b].run_device(feed).values())))
+            x = crops.index_select(0, idx)
+            res = handles[b].run_device({"image": x, **{k: torch.from_numpy(v).to(dev) for k, v in extra.items()}})
+            outs.append(neural_gpu.compose(x, res) if tuple(res) == HEADS_OUTPUTS else next(iter(res.values())))
         sync()
         t2 = time.perf_counter()
         for job, crop in zip(jobs, torch.cat(outs), strict=True):
@@ -347,16 +446,19 @@ class FaceModel:
 
 
 GENERATOR = "generator"
+GENERATOR_HEADS = "generator_heads"  # the same network without its last step, composed by FaceModel
 
 
-def start_generator(rx: Any, mode: str, strength: float, lens: str, size: int, backend: str) -> FaceModel:
+def start_generator(rx: Any, mode: str, strength: float, lens: str, size: int, backend: str,
+                    concurrent: bool = False) -> FaceModel:  # fmt: skip
     """The generator behind a filter's ``engine=neural``: conditioning and crop size checked (FilterError),
-    loading started in the background so the stream is not held up."""
+    loading started in the background so the stream is not held up. ``concurrent``: the heads graph on one
+    thread, to run beside an earlier filter's network (``FaceModel.begin``)."""
     try:
         generator_conditions(rx, mode, strength, lens)
     except ValueError as e:
         raise FilterError(f"engine=neural: {e}") from None
-    gen = FaceModel(GENERATOR, size, backend)
+    gen = FaceModel(GENERATOR_HEADS if concurrent else GENERATOR, size, backend, threads=1 if concurrent else None)
     check_size(gen.store, GENERATOR, size)
     gen.start()
     return gen

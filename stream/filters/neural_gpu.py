@@ -12,7 +12,8 @@ Every function works on tensors of any device, so the tests compare them with cv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -115,3 +116,19 @@ def paste_(frame: torch.Tensor, crop: torch.Tensor, m: np.ndarray, feather_px: f
     blended = torch.round(a * warped + (1.0 - a) * roi).clamp(0.0, 255.0)
     frame[y0:y1, x0:x1] = torch.where(a > 0, blended, roi).to(torch.uint8).permute(1, 2, 0)
     return frame
+
+
+@functools.lru_cache(maxsize=8)
+def _identity_grid(size: int, device: str) -> torch.Tensor:
+    from models.nets.generator import base_grid
+
+    return base_grid(size, size).to(device)
+
+
+def compose(x: torch.Tensor, heads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The generator's output from a ``generator_heads`` graph's outputs, on the device: crops ``x``
+    (n, 3, S, S) in [-1, 1] warped by the field, plus the residual, inside the mask."""
+    from models.nets.generator import compose as compose_heads
+
+    grid = _identity_grid(x.shape[-1], str(x.device))
+    return compose_heads(x, heads["field"], heads["residual"], heads["mask"], grid)

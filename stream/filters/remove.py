@@ -36,6 +36,7 @@ from stream.filters.neural import (
     GENERATOR,
     CropJob,
     FaceModel,
+    PendingRun,
     backend_param,
     generator_conditions,
     lens_alpha,
@@ -88,6 +89,7 @@ class Remove(Filter):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self._pool: ThreadPoolExecutor | None = None
+        self._gen: FaceModel | None = None
         self._derive(self.params)
 
     def _derive(self, p: RemoveParams) -> None:
@@ -101,9 +103,24 @@ class Remove(Filter):
         self._fitter = FrameFitter(self._frame) if p.fit_frames > 0 else None
         self.estimate: SphereEstimate | None = None
         self._set_rx(rx)
-        self._gen: FaceModel | None = None
+        self._start_models(p)
+
+    def _start_models(self, p: RemoveParams) -> None:
+        old, self._gen = self._gen, None
         if p.engine == "neural":
-            self._gen = start_generator(rx, "remove", p.strength, p.lens, p.neural_size, p.backend)
+            self._gen = start_generator(self._rx, "remove", p.strength, p.lens, p.neural_size, p.backend,
+                                        self.concurrent)  # fmt: skip
+        if old is not None:
+            old.close()
+        self._begun: tuple[int, PendingRun] | None = None
+
+    @property
+    def uses_network(self) -> bool:
+        return self._gen is not None
+
+    @property
+    def can_begin(self) -> bool:
+        return self._gen is not None
 
     def prepare(self, timeout: float | None = None) -> None:
         if self._gen is not None:
@@ -154,6 +171,8 @@ class Remove(Filter):
                      e.frames)
 
     def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -196,17 +215,30 @@ class Remove(Filter):
             inverses.extend(invert_warp(w) for w in fo.warps)
         return apply_inverse(image, inverses)
 
-    def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
+    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
+        """The generator's heads from the chain's input, once the worn frame is fitted and the rx known."""
+        self._begun = None
+        gen = self._gen
+        if gen is None or not ctx.faces or self._fitter is not None or (self._auto and self.estimate is None):
+            return
+        if self.params.strength <= 0:
+            return
+        t0 = time.perf_counter()
+        mats, jobs = self._neural_jobs(ctx)
+        ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
+        pending = gen.begin(image, mats, jobs)
+        if pending is not None:
+            self._begun = (ctx.index, pending)
+
+    def _neural_jobs(self, ctx: FrameContext) -> tuple[list[np.ndarray], list[CropJob]]:
+        """Crop matrices and one generator job per face and distinct lens conditioning (lens-opening weights)."""
         p = self.params
-        if p.strength <= 0:
-            return image
         size = p.neural_size
         try:
             conds = generator_conditions(self._rx, "remove", p.strength, p.lens)
         except ValueError as e:  # e.g. an rx=auto estimate outside the generator's range
             raise FilterError(f"engine=neural: {e}") from None
         mats, jobs = [], []
-        t0 = time.perf_counter()
         for i, face in enumerate(ctx.faces):
             try:
                 _, lenses, _ = place(face, ctx.camera, self._rx, self._frame, self._opts)
@@ -219,8 +251,19 @@ class Remove(Filter):
                 alpha = lens_alpha([outlines[s] for s in sides if s in outlines], m, size, LENS_FEATHER * size)
                 if alpha.any():
                     jobs.append(CropJob(i, alpha, {"cond": cond}))
+        return mats, jobs
+
+    def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
+        p = self.params
+        begun, self._begun = self._begun, None
+        if begun is not None and begun[0] == ctx.index:
+            return gen.finish(begun[1], image, LENS_FEATHER * p.neural_size, ctx.timings_ms, self.name)
+        if p.strength <= 0:
+            return image
+        t0 = time.perf_counter()
+        mats, jobs = self._neural_jobs(ctx)
         ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
-        return gen.run(image, mats, jobs, LENS_FEATHER * size, ctx.timings_ms, self.name)
+        return gen.run(image, mats, jobs, LENS_FEATHER * p.neural_size, ctx.timings_ms, self.name)
 
 
 def rim_width_px(lenses: tuple[Any, ...]) -> float:

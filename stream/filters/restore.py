@@ -38,21 +38,38 @@ class Restore(Filter):
     description = "Neural face restoration (codebook restorer): aligned crops, batched, feathered paste-back."
     Params = RestoreParams
     needs_faces = True
+    preserves_geometry = True  # the restored face is pasted where it was: a generator can start beside it
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
+        self._model: FaceModel | None = None
         self._derive(self.params)
 
     def _derive(self, p: RestoreParams) -> None:
-        model = FaceModel(MODEL, p.size, p.backend)
+        self._start_models(p)
+
+    def _start_models(self, p: RestoreParams) -> None:
+        model = FaceModel(MODEL, p.size, p.backend, threads=1 if self.concurrent else None)
         check_size(model.store, MODEL, p.size)
+        if self._model is not None:
+            self._model.close()
         self._model = model
         model.start()  # load in the background: the stream is not held up
 
+    @property
+    def uses_network(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model.close()
+
     def prepare(self, timeout: float | None = None) -> None:
+        assert self._model is not None
         self._model.prepare(timeout)
 
     def models(self) -> dict[str, dict[str, Any]]:
+        assert self._model is not None
         return {MODEL: self._model.status()}
 
     def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
@@ -72,4 +89,5 @@ class Restore(Filter):
             alpha = face_alpha(face.landmarks_px, m, size, feather) if p.region == "face" else None
             jobs.append(CropJob(i, alpha, {"fidelity": fidelity}))
         ctx.timings_ms[f"{self.name}.mask"] = (time.perf_counter() - t0) * 1e3
+        assert self._model is not None
         return self._model.run(image, mats, jobs, feather, ctx.timings_ms, self.name)

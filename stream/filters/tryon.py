@@ -30,6 +30,7 @@ from stream.filters.neural import (
     GENERATOR,
     CropJob,
     FaceModel,
+    PendingRun,
     backend_param,
     generator_conditions,
     lens_alpha,
@@ -83,6 +84,7 @@ class Tryon(Filter):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self._iris: dict[int, IrisScale] = {}
+        self._gen: FaceModel | None = None
         self._derive(self.params)
 
     def _derive(self, p: TryonParams) -> None:
@@ -101,9 +103,28 @@ class Tryon(Filter):
                 raise FilterError(f"png: {e}") from None
         self._opts = OpticsOptions(strength=p.strength if p.refraction else 0.0, lenses=p.lens,
                                    pantoscopic_deg=p.pantoscopic_deg, anchor=p.anchor, png=self._png)
-        self._gen: FaceModel | None = None
+        self._start_models(p)
+
+    def _start_models(self, p: TryonParams) -> None:
+        old, self._gen = self._gen, None
         if p.engine == "neural":
-            self._gen = start_generator(rx, "add", self._opts.strength, p.lens, p.neural_size, p.backend)
+            self._gen = start_generator(self._rx, "add", self._opts.strength, p.lens, p.neural_size, p.backend,
+                                        self.concurrent)  # fmt: skip
+        if old is not None:
+            old.close()
+        self._begun: tuple[int, list[Any], PendingRun | None] | None = None  # (frame, placements, run)
+
+    @property
+    def uses_network(self) -> bool:
+        return self._gen is not None
+
+    @property
+    def can_begin(self) -> bool:
+        return self._gen is not None
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
 
     def prepare(self, timeout: float | None = None) -> None:
         if self._gen is not None:
@@ -163,26 +184,55 @@ class Tryon(Filter):
                 out = self._draw(out, face, fo.placement, ctx, inplace=out is not image)  # never draw on the input
         return out
 
+    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
+        """Placement (once per frame: it feeds the iris scale) and the generator's heads from the chain's input."""
+        self._begun = None
+        if self._gen is None or not ctx.faces:
+            return
+        t0 = time.perf_counter()
+        placed = self.placements(ctx)
+        pending = None
+        if self._opts.strength > 0:
+            mats, jobs = self._neural_jobs(ctx, placed)
+            ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
+            pending = self._gen.begin(image, mats, jobs)
+        self._begun = (ctx.index, placed, pending)
+
+    def _neural_jobs(self, ctx: FrameContext, placed: list[tuple[Any, tuple[Any, ...]]]
+                     ) -> tuple[list[np.ndarray], list[CropJob]]:  # fmt: skip
+        """Crop matrices and one generator job per face and distinct lens conditioning (lens-opening weights)."""
+        size = self.params.neural_size
+        conds = generator_conditions(self._rx, "add", self._opts.strength, self.params.lens)
+        mats, jobs = [], []
+        for i, (face, (_, lenses)) in enumerate(zip(ctx.faces, placed, strict=True)):
+            m = alignment_matrix(face, size)
+            mats.append(m)
+            outlines = {lens.side: lens.outline_px for lens in lenses}
+            for sides, cond in conds:
+                alpha = lens_alpha([outlines[s] for s in sides if s in outlines], m, size, LENS_FEATHER * size)
+                if alpha.any():
+                    jobs.append(CropJob(i, alpha, {"cond": cond}))
+        return mats, jobs
+
     def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
         """Generator refraction inside the placed lens openings, then the same frame and tint drawing."""
         p = self.params
-        t0 = time.perf_counter()
-        placed = self.placements(ctx)
+        feather = LENS_FEATHER * p.neural_size
+        begun, self._begun = self._begun, None
         out = image
-        if self._opts.strength > 0:
-            size = p.neural_size
-            conds = generator_conditions(self._rx, "add", self._opts.strength, p.lens)
-            mats, jobs = [], []
-            for i, (face, (_, lenses)) in enumerate(zip(ctx.faces, placed, strict=True)):
-                m = alignment_matrix(face, size)
-                mats.append(m)
-                outlines = {lens.side: lens.outline_px for lens in lenses}
-                for sides, cond in conds:
-                    alpha = lens_alpha([outlines[s] for s in sides if s in outlines], m, size, LENS_FEATHER * size)
-                    if alpha.any():
-                        jobs.append(CropJob(i, alpha, {"cond": cond}))
-            ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
-            out = gen.run(image, mats, jobs, LENS_FEATHER * size, ctx.timings_ms, self.name)
+        if begun is not None and begun[0] == ctx.index:
+            placed, pending = begun[1], begun[2]
+            if pending is not None:
+                out = gen.finish(pending, image, feather, ctx.timings_ms, self.name)
+            elif self._opts.strength > 0:
+                out = gen.run(image, *self._neural_jobs(ctx, placed), feather, ctx.timings_ms, self.name)
+        else:
+            t0 = time.perf_counter()
+            placed = self.placements(ctx)
+            if self._opts.strength > 0:
+                mats, jobs = self._neural_jobs(ctx, placed)
+                ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
+                out = gen.run(image, mats, jobs, feather, ctx.timings_ms, self.name)
         if p.draw_frame:
             for face, (pl, _) in zip(ctx.faces, placed, strict=True):
                 out = self._draw(out, face, pl, ctx, inplace=out is not image)
