@@ -79,6 +79,16 @@ def alignment_matrix(face: Face, size: int, template: AlignTemplate = DEFAULT_TE
     return similarity_lstsq(anchor_points(lm), template.points(size))
 
 
+def crop_drift(m_from: np.ndarray, m_to: np.ndarray, size: int) -> float:
+    """How far apart two crops of one frame are: the largest displacement of a crop corner taken from the
+    ``m_from`` crop to the ``m_to`` crop (both 2x3 frame -> crop), in crop pixels."""
+    a = np.vstack([np.asarray(m_from, np.float64), [0.0, 0.0, 1.0]])
+    b = np.vstack([np.asarray(m_to, np.float64), [0.0, 0.0, 1.0]])
+    corners = np.array([[0.0, 0.0, 1.0], [size, 0.0, 1.0], [0.0, size, 1.0], [size, size, 1.0]]).T
+    moved = (b @ np.linalg.inv(a) @ corners)[:2]
+    return float(np.abs(moved - corners[:2]).max())
+
+
 def align(
     image_rgb: np.ndarray, face: Face, size: int = 128, template: AlignTemplate = DEFAULT_TEMPLATE
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -1,15 +1,16 @@
-"""Which networks of a filter chain run at the same time, on one CPU thread each.
+"""Which networks of a filter chain start before the frame is tracked, side by side, on one CPU thread each.
 
-Measured on the 2-core CI machine (ONNX Runtime, 128 px crops): the restorer then the generator, each on
-2 threads, cost more per frame than the two side by side on one thread each (about 1.35x at p50 and p95;
-benchmarks/neural_path). A 2-thread session does not scale to 2x on these small graphs, two 1-thread
-sessions do.
+The face tracker (mediapipe) runs on one core; the networks need the faces it finds. Faces move little from
+one frame to the next, so a network can start on the crop of the *previous* frame's faces while the tracker
+works on this one, and its result be pasted with that crop's own matrix (exact geometry) and weights (face
+outline, lens openings) from the tracked faces, if the crop moved by at most ``neural.MAX_DRIFT`` of its side.
+Otherwise, and on a face's first frame, the filter runs the frame in turn.
 
-The generator can start before the restorer has finished because its *heads* (field, residual, mask) are
-computed from the face crop as it entered the chain and composed on the restored crop afterwards
-(``FaceModel.begin/finish``): the restorer keeps every pixel where it was, and the raw webcam crop is what the
-generator was trained on. So a filter begins early when it can (``Filter.can_begin``), every filter before
-it keeps the geometry (``Filter.preserves_geometry``) and one of them runs a network to overlap with.
+Which filters: the first of the chain (its input is the frame as it entered), and a later one whose early work
+is composed on the frame it is given (the generator's *heads*: field, residual, mask, composed on the restored
+crop) when every filter before it keeps pixels where they are (the restorer). On the 2-core CI machine two
+1-thread ONNX Runtime sessions side by side beat two 2-thread ones in turn (about 1.35x), so every network that
+starts early takes one thread (``Filter.set_concurrent``).
 """
 
 from __future__ import annotations
@@ -22,20 +23,16 @@ from stream.filters.base import Filter
 
 @dataclass(frozen=True)
 class OverlapPlan:
-    early: frozenset[int] = frozenset()  # chain positions whose ``begin`` runs before the chain
-    concurrent: frozenset[int] = frozenset()  # chain positions whose networks take one thread
+    early: frozenset[int] = frozenset()  # chain positions whose ``begin`` runs before tracking, one thread each
 
 
 def plan_overlap(chain: Sequence[Filter], enabled: bool = True) -> OverlapPlan:
     if not enabled:
         return OverlapPlan()
-    early: set[int] = set()
-    concurrent: set[int] = set()
+    early = set()
     for k, f in enumerate(chain):
-        if not f.can_begin or not all(g.preserves_geometry for g in chain[:k]):
+        if not (f.can_begin and f.needs_faces):
             continue
-        partners = {j for j in range(k) if chain[j].uses_network}
-        if partners:
+        if k == 0 or (f.begin_composes and all(g.preserves_geometry for g in chain[:k])):
             early.add(k)
-            concurrent |= partners | {k}
-    return OverlapPlan(frozenset(early), frozenset(concurrent))
+    return OverlapPlan(frozenset(early))

@@ -84,6 +84,7 @@ class FramePipeline:
         self.tracker_config = tracker_config or TrackerConfig()
         self.overlap = overlap  # run a later filter's network beside an earlier one's (stream.overlap)
         self._plan = OverlapPlan()
+        self._last_faces: list[Face] = []
         self._tracker_factory = tracker_factory or _default_tracker_factory
         self._tracker: Any = None
         self._tracker_error: str | None = None
@@ -110,7 +111,7 @@ class FramePipeline:
         """The chain's overlap plan, with each filter told whether its network shares the cores."""
         plan = plan_overlap(chain, self.overlap)
         for k, f in enumerate(chain):
-            f.set_concurrent(k in plan.concurrent)
+            f.set_concurrent(k in plan.early)
         return plan
 
     def configure(self, name: str, params: dict[str, Any]) -> None:
@@ -181,6 +182,19 @@ class FramePipeline:
         errors: list[str] = []
         h, w = image.shape[:2]
         faces: list[Face] = []
+        if plan.early and self._last_faces:  # start networks on the previous frame's faces (stream.overlap)
+            predicted = FrameContext(self._index, timestamp_s, self._last_faces, w, h, timings)
+            for k in sorted(plan.early):
+                f = chain[k]
+                t0 = time.perf_counter()
+                try:
+                    f.begin(image, predicted)
+                except FilterError as e:  # apply meets the same problem and reports it
+                    log.debug("filter %s: begin skipped: %s", f.name, e)
+                except Exception as e:
+                    errors.append(f"{f.name}.begin: {e}")
+                    log.exception("filter %s: begin failed; it runs the frame in turn", f.name)
+                timings[f"{f.name}.begin"] = (time.perf_counter() - t0) * 1e3
         if any(f.needs_faces for f in chain):
             tracker = self._ensure_tracker()
             if tracker is not None:
@@ -193,18 +207,8 @@ class FramePipeline:
                 timings["track"] = (time.perf_counter() - t0) * 1e3
             elif self._tracker_error:
                 errors.append(self._tracker_error)
+        self._last_faces = faces
         ctx = FrameContext(self._index, timestamp_s, faces, w, h, timings)
-        for k in sorted(plan.early):  # start later filters' networks from the input frame (stream.overlap)
-            f = chain[k]
-            t0 = time.perf_counter()
-            try:
-                f.begin(image, ctx)
-            except FilterError as e:  # apply meets the same problem and reports it
-                log.debug("filter %s: begin skipped: %s", f.name, e)
-            except Exception as e:
-                errors.append(f"{f.name}.begin: {e}")
-                log.exception("filter %s: begin failed; it runs after the filters before it", f.name)
-            timings[f"{f.name}.begin"] = (time.perf_counter() - t0) * 1e3
         out = image
         for f in chain:
             t0 = time.perf_counter()

@@ -606,14 +606,20 @@ def test_overlapped_chain_runs_the_heads_beside_the_restorer(
             p.prepare(120)
             models = p.models()
             assert {m["threads"] for m in models.values()} == ({1} if on else {2})
-            outs[on], res = p.process(frame, 0.0)
+            first, res = p.process(frame, 0.0)  # nothing to predict from: in turn
+            assert not res.errors and not any(k.endswith((".begin", ".overlapped")) for k in res.timings_ms)
+            outs[on], res = p.process(frame, 0.04)  # started on the previous frame's faces
             assert not res.errors
             timings[on] = res.timings_ms
-        assert {f"{name}.{k}" for k in ("begin", "generator_heads", "generator_heads.overlapped")} <= set(timings[True])
+        overlapped = {f"{name}.{k}" for k in ("begin", "generator_heads", "generator_heads.overlapped")}
+        assert overlapped | {"restore.begin", "restore.restorer.overlapped"} <= set(timings[True])
         assert f"{name}.generator" in timings[False] and f"{name}.begin" not in timings[False]
         restored = create("restore").apply(frame, ctx_for(frame, faces))
         grow = reach_px(faces[0], LENS_FEATHER * SIZE / 2)
         lenses = lens_region(pipes[True]._filters[1], frame, faces, grow=grow)
+        # the same faces in both frames, so the same crops: the restorer gives the same face; only the lenses
+        # differ from the frame run in turn (the heads came from the raw crop, not the restored one)
+        assert np.abs(outs[True].astype(int) - first)[~lenses].max() <= 1
         for out in outs.values():  # both edit the lenses of the restored frame, and only them
             diff = changed(out, restored)
             assert diff.sum() > 0.3 * lenses.sum() and not diff[~lenses].any()
@@ -628,36 +634,36 @@ def test_overlap_follows_configure(store: ModelStore, tracked: tuple[np.ndarray,
     p = FramePipeline([{"name": "restore"}, {"name": "remove", "params": {"rx": "-5.00", "fit_frames": 0}}],
                       tracker_factory=lambda cfg: FixedTracker(tracked[1]))  # fmt: skip
     try:
-        assert not p._plan.early and not any(f.concurrent for f in p._filters)  # optics remove: no network
+        assert p._plan.early == {0} and [f.concurrent for f in p._filters] == [True, False]  # optics: no network
         p.configure("remove", {"engine": "neural"})
-        assert p._plan.early == {1} and all(f.concurrent for f in p._filters)
+        assert p._plan.early == {0, 1} and all(f.concurrent for f in p._filters)
         p.prepare(120)
         assert {m["threads"] for m in p.models().values()} == {1}
         p.configure("remove", {"engine": "optics"})
-        assert not p._plan.early and not p._filters[0].concurrent
+        assert p._plan.early == {0} and not p._filters[1].concurrent
     finally:
         p.close()
 
 
 def test_a_failing_begin_leaves_the_frame_to_apply(store: ModelStore, tracked: tuple[np.ndarray, list[Face]],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """The heads graph then runs after the restorer, composed on its output on the host: the same picture."""
+    """The networks then run in turn after the tracker, the heads composed on the restored crop on the host."""
     from stream.pipeline import FramePipeline
 
     frame, faces = tracked
     p = FramePipeline([{"name": "restore"}, REMOVE_NEURAL], tracker_factory=lambda cfg: FixedTracker(faces))
     try:
         p.prepare(120)
-        good, _ = p.process(frame, 0.0)
+        good, _ = p.process(frame, 0.0)  # the first frame runs in turn: nothing to predict from
 
         def broken(*a: Any, **k: Any) -> None:
             raise RuntimeError("worker pool gone")
 
         monkeypatch.setattr(FaceModel, "begin", broken)
         out, res = p.process(frame, 0.04)
-        assert res.errors == ["remove.begin: worker pool gone"]
+        assert res.errors == ["restore.begin: worker pool gone", "remove.begin: worker pool gone"]
         assert "remove.generator_heads" in res.timings_ms and "remove.generator_heads.overlapped" not in res.timings_ms
-        assert np.abs(out.astype(int) - good).max() <= 1  # same heads, same composition; ORT thread rounding
+        assert np.array_equal(out, good)  # in turn again: the same picture
     finally:
         p.close()
 
@@ -702,7 +708,7 @@ class HeadsBackend(Backend):
 
 
 def test_heads_compose_alike_on_the_host_and_the_device_path(store: ModelStore, weights_dir: Path) -> None:
-    """A heads graph on a device backend composes with torch (``neural_gpu.compose``) and cannot begin early."""
+    """A heads graph on a device backend composes with torch (``neural_gpu.compose``), like the host path."""
     stores = {io: store_with(store, weights_dir, {"heads": Candidate("heads", lambda io=io: HeadsBackend(io),
                                                                      lambda f: None)})
               for io in (True, False)}  # fmt: skip
@@ -710,23 +716,48 @@ def test_heads_compose_alike_on_the_host_and_the_device_path(store: ModelStore, 
         frame = smooth_frame()
         mats = [centred_similarity(0.5, 0.2)]
         alpha = polygon_alpha(np.array([[20, 30], [108, 30], [108, 70], [20, 70]], float), SIZE, 4.0)
-        cond = np.zeros(16, np.float32)
-        jobs = [CropJob(0, alpha, {"cond": cond})]
+        jobs = [CropJob(0, alpha, {"cond": np.zeros(16, np.float32)})]
         outs = {}
         for io, s in stores.items():
             fm = FaceModel("generator_heads", SIZE, store=s, batch_sizes=(1,), threads=1)
-            assert fm.prepare(120) and fm.composes
-            pending = fm.begin(frame, mats, jobs)
-            if io:
-                assert pending is None  # device backends run in turn: nothing to overlap on a GPU
-                outs[io] = fm.run(frame, mats, jobs, 4.0)
-            else:
-                assert pending is not None
-                outs[io] = fm.finish(pending, frame, 4.0)
-                assert np.array_equal(outs[io], fm.run(frame, mats, jobs, 4.0))  # begin/finish == run here
-            fm.close()
+            assert fm.prepare(120)
+            outs[io] = fm.run(frame, mats, jobs, 4.0)
         assert changed(outs[False], frame).sum() > 2000
         assert np.abs(outs[True].astype(int) - outs[False]).max() <= 2  # cv2 fixed point vs float torch
+    finally:
+        for s in stores.values():
+            s.close()
+
+
+def test_begin_and_finish_give_the_run_of_the_same_crops(store: ModelStore, weights_dir: Path,
+                                                        tracked: tuple[np.ndarray, list[Face]]) -> None:  # fmt: skip
+    """``begin`` on the predicted faces + ``finish`` with weights == ``run`` on those crops; refused on a device
+    backend, for other faces, for another frame and once the crop moved too far."""
+    frame, faces = tracked
+    stores = {io: store_with(store, weights_dir, {"heads": Candidate("heads", lambda io=io: HeadsBackend(io),
+                                                                     lambda f: None)})
+              for io in (True, False)}  # fmt: skip
+    try:
+        ctx = ctx_for(frame, faces)
+        m = alignment_matrix(faces[0], SIZE)
+        alpha = polygon_alpha(np.array([[20, 30], [108, 30], [108, 70], [20, 70]], float), SIZE, 4.0)
+        jobs = [CropJob(0, None, {"cond": np.zeros(16, np.float32)})]
+        assert FaceModel("generator_heads", SIZE, store=stores[True], batch_sizes=(1,)).begin(frame, ctx, jobs) is None
+        fm = FaceModel("generator_heads", SIZE, store=stores[False], batch_sizes=(1,), threads=1)
+        assert fm.prepare(120)
+        pending = fm.begin(frame, ctx, jobs)
+        assert pending is not None and fm.accepts(pending, ctx)
+        got = fm.finish(pending, frame, [alpha], 4.0)
+        assert np.array_equal(got, fm.run(frame, [m], [replace(jobs[0], alpha=alpha)], 4.0))
+        assert not fm.accepts(pending, FrameContext(1, 0.0, faces, 640, 480))  # another frame's
+        assert not fm.accepts(pending, ctx_for(frame, [shifted(faces[0], 0.0, 640)]))  # another face id
+        far = transform_scale(m) ** -1 * 0.2 * SIZE  # a fifth of the crop side, in frame pixels
+        moved = replace(faces[0], landmarks_px=faces[0].landmarks_px + np.array([far, 0.0, 0.0]))
+        assert not fm.accepts(pending, ctx_for(frame, [moved]))
+        near = replace(faces[0], landmarks_px=faces[0].landmarks_px + np.array([far / 4, 0.0, 0.0]))
+        assert fm.accepts(pending, ctx_for(frame, [near]))
+        assert np.array_equal(fm.finish(fm.begin(frame, ctx, jobs), frame, [np.zeros_like(alpha)], 4.0), frame)
+        fm.close()
     finally:
         for s in stores.values():
             s.close()

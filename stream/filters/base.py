@@ -127,7 +127,7 @@ class Filter:
     Params: ClassVar[type] = NoParams
     needs_faces: ClassVar[bool] = False
     # Pixels stay where they are (content may change): a later filter may start from the frame as it entered
-    # the chain and finish on this filter's output (``begin``; stream.overlap).
+    # the chain and compose its work on this filter's output (``begin``; stream.overlap).
     preserves_geometry: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
@@ -163,9 +163,16 @@ class Filter:
         """True when ``begin`` can start this filter's network from the chain's input frame."""
         return False
 
+    @property
+    def begin_composes(self) -> bool:
+        """True when what ``begin`` starts is composed in ``apply`` on the frame it is given, so filters that
+        keep the geometry may run before it (the generator's heads); false when it is the output itself."""
+        return False
+
     def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
-        """Start work on the frame as it entered the chain (before the filters ahead of this one have run);
-        ``apply`` picks it up for the same frame, or works as usual when nothing was started."""
+        """Start work on the frame as it entered the chain, before it is tracked: ``ctx.faces`` are the faces
+        predicted for it (the previous frame's). ``apply`` gets the tracked faces and uses the work if they are
+        close enough, or works as usual."""
 
     def set_concurrent(self, on: bool) -> None:
         """The pipeline's overlap plan: when on, this filter's network runs at the same time as another's, so

@@ -19,16 +19,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
 import numpy as np
 
 from accel.model_store import BACKEND_CHOICES, READY, ModelHandle, ModelRequest, ModelStore, shared_store
-from models.align import CROP_SIZES, paste_back, transform_scale, warp_crop
+from models.align import CROP_SIZES, alignment_matrix, crop_drift, paste_back, transform_scale, warp_crop
 from models.heads_compose import compose_heads
 from stream.filters.base import FilterError, param
 
@@ -208,6 +208,27 @@ class CropJob:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # per image, no batch axis (e.g. "cond": (16,))
 
 
+def lens_jobs(conds: Conditions, n_faces: int) -> list[CropJob]:
+    """One generator job per face and distinct lens conditioning (``generator_conditions``), weights not yet set."""
+    return [CropJob(i, None, {"cond": cond}) for i in range(n_faces) for _, cond in conds]
+
+
+def lens_alphas(conds: Conditions, outlines: Sequence[Mapping[str, np.ndarray]], mats: Sequence[np.ndarray],
+                size: int, feather_px: float) -> list[np.ndarray]:  # fmt: skip
+    """Each ``lens_jobs`` job's crop-space weights: the union of its sides' lens openings (``outlines``: side ->
+    frame-pixel outline, per face) under that face's crop matrix; all zero where no such lens is placed."""
+    return [lens_alpha([o[s] for s in sides if s in o], m, size, feather_px)
+            for o, m in zip(outlines, mats, strict=True) for sides, _ in conds]  # fmt: skip
+
+
+def weighted_lens_jobs(conds: Conditions, outlines: Sequence[Mapping[str, np.ndarray]], mats: Sequence[np.ndarray],
+                       size: int, feather_px: float) -> list[CropJob]:  # fmt: skip
+    """``lens_jobs`` with their ``lens_alphas``, less those with no lens in the crop (a frame run in turn)."""
+    alphas = lens_alphas(conds, outlines, mats, size, feather_px)
+    return [replace(j, alpha=a) for j, a in zip(lens_jobs(conds, len(mats)), alphas, strict=True) if a.any()]
+
+
+
 HEADS_OUTPUTS = ("field", "residual", "mask")  # a graph with these outputs is composed here (generator_heads)
 
 
@@ -221,11 +242,22 @@ def alpha_box(alpha: np.ndarray | None, size: int) -> tuple[int, int, int, int] 
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+# How far the crop of the faces a run began from may be from the tracked faces' crop, as a fraction of the
+# crop side, for its result to be used (models.align.crop_drift). Measured with the shipped restorer on
+# liveportrait_d12 (a moving head: 4 crop px per frame at p50, 11 at p95, 16 at most at 128 px): restoring
+# the previous frame's crop differs from restoring the current one by 42-50 dB PSNR inside the face (42 dB
+# beyond 10 px), against 37 dB for what restoring changes. At 1/8 of the side every d12 frame is served.
+MAX_DRIFT = 0.125
+
+
 @dataclass
 class PendingRun:
-    """A network run started from the frame as it entered the chain (``FaceModel.begin``), finished on the
-    frame an earlier filter made of it (``FaceModel.finish``)."""
+    """A network run started before the frame was tracked, from the previous frame's faces, on the frame as it
+    entered the chain (``FaceModel.begin``); finished on the frame the filters before it made of it, with
+    weights from the tracked faces (``FaceModel.finish``), if those faces are close enough (``accepts``)."""
 
+    frame: int  # FrameContext.index it was started for
+    face_ids: tuple[int, ...]
     mats: list[np.ndarray]
     jobs: list[CropJob]
     future: Future[list[dict[str, np.ndarray]]]
@@ -295,12 +327,6 @@ class FaceModel:
                     out[b] = h
         return out
 
-    @property
-    def composes(self) -> bool:
-        h = self.store.peek(self._req(1))
-        m = h.backend.manifest if h is not None and h.backend is not None else None
-        return m is not None and tuple(o.name for o in m.outputs) == HEADS_OUTPUTS
-
     def run(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob], feather_px: float,
             timings: dict[str, float] | None = None, prefix: str = "") -> np.ndarray:  # fmt: skip
         """``image`` with every job's network output pasted back (a new array), or ``image`` itself when there
@@ -323,36 +349,59 @@ class FaceModel:
         self._time(t, prefix, t0, t1, t2, time.perf_counter())
         return out
 
-    # -- overlap: start from the chain's input frame, finish on a later one (host backends) -------------
-    def begin(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob]) -> PendingRun | None:
-        """Start the network on crops of ``image`` on this model's worker thread; None (and nothing started)
-        unless the model is ready on a host backend and its output is composed here (heads): an image-to-image
-        graph's output would ignore what the filters before it did to the crop."""
-        if not jobs:
+    # -- overlap: start before tracking, finish on a later frame (host backends) ---------------------------
+    def begin(self, image: np.ndarray, ctx: Any, jobs: Sequence[CropJob]) -> PendingRun | None:
+        """Start the network on worker thread from ``image`` cropped for ``ctx.faces`` (the faces predicted for
+        this frame: the previous frame's); ``jobs`` carry no weights yet (``finish`` takes them). None, and
+        nothing started, unless the model is ready on a host backend (a GPU runs the frame in turn)."""
+        if not jobs or not ctx.faces:
             return None
         handles = self._handles(len(jobs))
-        if not handles or handles[1].device_io or not self.composes:
+        if not handles or handles[1].device_io:
+            return None
+        try:
+            mats = [alignment_matrix(f, self.size) for f in ctx.faces]
+        except ValueError:
             return None
         plan = plan_batches(len(jobs), handles)
         crops = to_nchw([warp_crop(image, m, self.size) for m in mats])
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.model}-overlap")
         jobs = list(jobs)
-        return PendingRun(list(mats), jobs, self._pool.submit(self._infer, crops, jobs, plan, handles),
-                          time.perf_counter())  # fmt: skip
+        future = self._pool.submit(self._infer, crops, jobs, plan, handles)
+        return PendingRun(ctx.index, tuple(f.face_id for f in ctx.faces), mats, jobs, future, time.perf_counter())
 
-    def finish(self, pending: PendingRun, image: np.ndarray, feather_px: float,
+    def accepts(self, pending: PendingRun | None, ctx: Any) -> bool:
+        """Whether ``pending`` serves this frame: started for it, for the same faces, whose crops moved by at
+        most ``MAX_DRIFT`` of the crop side since (otherwise the caller runs the frame as usual)."""
+        if pending is None or pending.frame != ctx.index:
+            return False
+        if tuple(f.face_id for f in ctx.faces) != pending.face_ids:
+            return False
+        try:
+            cur = [alignment_matrix(f, self.size) for f in ctx.faces]
+        except ValueError:
+            return False
+        limit = MAX_DRIFT * self.size
+        return all(crop_drift(a, b, self.size) <= limit for a, b in zip(pending.mats, cur, strict=True))
+
+    def finish(self, pending: PendingRun, image: np.ndarray, alphas: Sequence[np.ndarray | None], feather_px: float,
                timings: dict[str, float] | None = None, prefix: str = "") -> np.ndarray:  # fmt: skip
-        """Wait for ``pending`` and compose its heads on crops of ``image`` (the frame as it is now); records
-        the wait (what the overlap left on the frame's critical path) as the model's time, and the run's
-        own span from ``begin`` as ``<model>.overlapped``."""
+        """Wait for ``pending`` and paste its outputs into ``image`` (the frame as it is now) with the jobs'
+        ``alphas`` (crop-space weights for ``pending.mats``; all-zero ones are skipped); heads are composed on
+        crops of ``image``. Records the wait (what was left on the frame's critical path) as the model's time,
+        and the run's span from ``begin`` as ``<model>.overlapped``."""
         t = timings if timings is not None else {}
         t0 = time.perf_counter()
         outs = pending.future.result()
         t1 = time.perf_counter()
-        crops = to_nchw([warp_crop(image, m, self.size) for m in pending.mats])
+        keep = [k for k, a in enumerate(alphas) if a is None or a.any()]
+        jobs = [replace(pending.jobs[k], alpha=alphas[k]) for k in keep]
+        outs = [outs[k] for k in keep]
+        heads = any(tuple(o) == HEADS_OUTPUTS for o in outs)
+        crops = to_nchw([warp_crop(image, m, self.size) for m in pending.mats]) if heads else None
         t2 = time.perf_counter()
-        out = self._paste(image, pending.mats, pending.jobs, outs, crops, feather_px)
+        out = self._paste(image, pending.mats, jobs, outs, crops, feather_px) if jobs else image
         t3 = time.perf_counter()
         p = f"{prefix}." if prefix else ""
         t[f"{p}align"] = t.get(f"{p}align", 0.0) + (t2 - t1) * 1e3
@@ -387,10 +436,12 @@ class FaceModel:
         return outs
 
     def _paste(self, image: np.ndarray, mats: Sequence[np.ndarray], jobs: Sequence[CropJob],
-               outs: list[dict[str, np.ndarray]], crops: np.ndarray, feather_px: float) -> np.ndarray:  # fmt: skip
+               outs: list[dict[str, np.ndarray]], crops: np.ndarray | None,
+               feather_px: float) -> np.ndarray:  # fmt: skip
         images = np.empty((len(jobs), 3, self.size, self.size), np.float32)
         for k, (job, o) in enumerate(zip(jobs, outs, strict=True)):
             if tuple(o) == HEADS_OUTPUTS:  # composed on the crop as it is now, only where the paste looks
+                assert crops is not None
                 images[k] = compose_heads(crops[job.face][None], *(o[n][None] for n in HEADS_OUTPUTS),
                                           box=alpha_box(job.alpha, self.size))[0]  # fmt: skip
             else:

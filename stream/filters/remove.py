@@ -34,14 +34,15 @@ from models.optics.scene import OpticsOptions, face_optics, lens_powers, place
 from stream.filters.base import Filter, FilterError, FrameContext, param
 from stream.filters.neural import (
     GENERATOR,
-    CropJob,
     FaceModel,
     PendingRun,
     backend_param,
     generator_conditions,
-    lens_alpha,
+    lens_alphas,
+    lens_jobs,
     size_param,
     start_generator,
+    weighted_lens_jobs,
 )
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Remove(Filter):
                                         self.concurrent)  # fmt: skip
         if old is not None:
             old.close()
-        self._begun: tuple[int, PendingRun] | None = None
+        self._begun: PendingRun | None = None
 
     @property
     def uses_network(self) -> bool:
@@ -215,55 +216,54 @@ class Remove(Filter):
             inverses.extend(invert_warp(w) for w in fo.warps)
         return apply_inverse(image, inverses)
 
-    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
-        """The generator's heads from the chain's input, once the worn frame is fitted and the rx known."""
-        self._begun = None
-        gen = self._gen
-        if gen is None or not ctx.faces or self._fitter is not None or (self._auto and self.estimate is None):
-            return
-        if self.params.strength <= 0:
-            return
-        t0 = time.perf_counter()
-        mats, jobs = self._neural_jobs(ctx)
-        ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
-        pending = gen.begin(image, mats, jobs)
-        if pending is not None:
-            self._begun = (ctx.index, pending)
+    @property
+    def begin_composes(self) -> bool:
+        return True  # heads: composed on whatever geometry-keeping filters made of the frame
 
-    def _neural_jobs(self, ctx: FrameContext) -> tuple[list[np.ndarray], list[CropJob]]:
-        """Crop matrices and one generator job per face and distinct lens conditioning (lens-opening weights)."""
-        p = self.params
-        size = p.neural_size
+    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
+        """The generator's heads on the crops of the faces predicted for this frame, while it is tracked (once the
+        worn frame is fitted and the prescription known)."""
+        self._begun = None
+        gen, p = self._gen, self.params
+        if gen is None or p.strength <= 0 or self._fitter is not None or (self._auto and self.estimate is None):
+            return
         try:
             conds = generator_conditions(self._rx, "remove", p.strength, p.lens)
-        except ValueError as e:  # e.g. an rx=auto estimate outside the generator's range
-            raise FilterError(f"engine=neural: {e}") from None
-        mats, jobs = [], []
-        for i, face in enumerate(ctx.faces):
-            try:
-                _, lenses, _ = place(face, ctx.camera, self._rx, self._frame, self._opts)
-                m = alignment_matrix(face, size)
-            except ValueError as e:
-                raise FilterError(f"face {face.face_id}: {e}") from None
-            mats.append(m)
-            outlines = {lens.side: lens.outline_px for lens in lenses}
-            for sides, cond in conds:
-                alpha = lens_alpha([outlines[s] for s in sides if s in outlines], m, size, LENS_FEATHER * size)
-                if alpha.any():
-                    jobs.append(CropJob(i, alpha, {"cond": cond}))
-        return mats, jobs
+        except ValueError:
+            return  # apply reports it
+        self._begun = gen.begin(image, ctx, lens_jobs(conds, len(ctx.faces)))
 
     def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
         p = self.params
         begun, self._begun = self._begun, None
-        if begun is not None and begun[0] == ctx.index:
-            return gen.finish(begun[1], image, LENS_FEATHER * p.neural_size, ctx.timings_ms, self.name)
         if p.strength <= 0:
             return image
+        size = p.neural_size
+        feather = LENS_FEATHER * size
+        try:
+            conds = generator_conditions(self._rx, "remove", p.strength, p.lens)
+        except ValueError as e:  # e.g. an rx=auto estimate outside the generator's range
+            raise FilterError(f"engine=neural: {e}") from None
         t0 = time.perf_counter()
-        mats, jobs = self._neural_jobs(ctx)
-        ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
-        return gen.run(image, mats, jobs, LENS_FEATHER * p.neural_size, ctx.timings_ms, self.name)
+        outlines = []
+        for face in ctx.faces:
+            try:
+                _, lenses, _ = place(face, ctx.camera, self._rx, self._frame, self._opts)
+            except ValueError as e:
+                raise FilterError(f"face {face.face_id}: {e}") from None
+            outlines.append({lens.side: lens.outline_px for lens in lenses})
+        if gen.accepts(begun, ctx):
+            assert begun is not None
+            alphas = lens_alphas(conds, outlines, begun.mats, size, feather)
+            ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
+            return gen.finish(begun, image, alphas, feather, ctx.timings_ms, self.name)
+        try:
+            mats = [alignment_matrix(face, size) for face in ctx.faces]
+        except ValueError as e:
+            raise FilterError(f"engine=neural: {e}") from None
+        jobs = weighted_lens_jobs(conds, outlines, mats, size, feather)
+        ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
+        return gen.run(image, mats, jobs, feather, ctx.timings_ms, self.name)
 
 
 def rim_width_px(lenses: tuple[Any, ...]) -> float:

@@ -16,7 +16,15 @@ import numpy as np
 
 from models.align import alignment_matrix
 from stream.filters.base import Filter, FilterError, FrameContext, param
-from stream.filters.neural import CropJob, FaceModel, backend_param, check_size, face_alpha, size_param
+from stream.filters.neural import (
+    CropJob,
+    FaceModel,
+    PendingRun,
+    backend_param,
+    check_size,
+    face_alpha,
+    size_param,
+)
 
 MODEL = "restorer"
 
@@ -54,11 +62,23 @@ class Restore(Filter):
         if self._model is not None:
             self._model.close()
         self._model = model
+        self._begun: PendingRun | None = None
         model.start()  # load in the background: the stream is not held up
 
     @property
     def uses_network(self) -> bool:
         return True
+
+    @property
+    def can_begin(self) -> bool:
+        return True
+
+    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
+        """The restorer on the crops of the faces predicted for this frame, while the frame is tracked."""
+        assert self._model is not None
+        fidelity = np.float32(self.params.fidelity)
+        jobs = [CropJob(i, None, {"fidelity": fidelity}) for i in range(len(ctx.faces))]
+        self._begun = self._model.begin(image, ctx, jobs)
 
     def close(self) -> None:
         if self._model is not None:
@@ -73,10 +93,19 @@ class Restore(Filter):
         return {MODEL: self._model.status()}
 
     def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
+        begun, self._begun = self._begun, None
         if not ctx.faces:
             return image
         p, size = self.params, self.params.size
         feather = p.feather * size
+        assert self._model is not None
+        if self._model.accepts(begun, ctx):
+            assert begun is not None
+            t0 = time.perf_counter()
+            alphas = [face_alpha(face.landmarks_px, m, size, feather) if p.region == "face" else None
+                      for face, m in zip(ctx.faces, begun.mats, strict=True)]  # fmt: skip
+            ctx.timings_ms[f"{self.name}.mask"] = (time.perf_counter() - t0) * 1e3
+            return self._model.finish(begun, image, alphas, feather, ctx.timings_ms, self.name)
         fidelity = np.float32(p.fidelity)
         mats, jobs = [], []
         t0 = time.perf_counter()
@@ -89,5 +118,4 @@ class Restore(Filter):
             alpha = face_alpha(face.landmarks_px, m, size, feather) if p.region == "face" else None
             jobs.append(CropJob(i, alpha, {"fidelity": fidelity}))
         ctx.timings_ms[f"{self.name}.mask"] = (time.perf_counter() - t0) * 1e3
-        assert self._model is not None
         return self._model.run(image, mats, jobs, feather, ctx.timings_ms, self.name)

@@ -28,14 +28,15 @@ from stream.face import Face
 from stream.filters.base import Filter, FilterError, FrameContext, param
 from stream.filters.neural import (
     GENERATOR,
-    CropJob,
     FaceModel,
     PendingRun,
     backend_param,
     generator_conditions,
-    lens_alpha,
+    lens_alphas,
+    lens_jobs,
     size_param,
     start_generator,
+    weighted_lens_jobs,
 )
 
 FRAMES = frame_names()
@@ -112,7 +113,7 @@ class Tryon(Filter):
                                         self.concurrent)  # fmt: skip
         if old is not None:
             old.close()
-        self._begun: tuple[int, list[Any], PendingRun | None] | None = None  # (frame, placements, run)
+        self._begun: PendingRun | None = None
 
     @property
     def uses_network(self) -> bool:
@@ -184,54 +185,39 @@ class Tryon(Filter):
                 out = self._draw(out, face, fo.placement, ctx, inplace=out is not image)  # never draw on the input
         return out
 
-    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
-        """Placement (once per frame: it feeds the iris scale) and the generator's heads from the chain's input."""
-        self._begun = None
-        if self._gen is None or not ctx.faces:
-            return
-        t0 = time.perf_counter()
-        placed = self.placements(ctx)
-        pending = None
-        if self._opts.strength > 0:
-            mats, jobs = self._neural_jobs(ctx, placed)
-            ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
-            pending = self._gen.begin(image, mats, jobs)
-        self._begun = (ctx.index, placed, pending)
+    @property
+    def begin_composes(self) -> bool:
+        return True  # heads: composed on whatever geometry-keeping filters made of the frame
 
-    def _neural_jobs(self, ctx: FrameContext, placed: list[tuple[Any, tuple[Any, ...]]]
-                     ) -> tuple[list[np.ndarray], list[CropJob]]:  # fmt: skip
-        """Crop matrices and one generator job per face and distinct lens conditioning (lens-opening weights)."""
-        size = self.params.neural_size
+    def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
+        """The generator's heads on the crops of the faces predicted for this frame, while it is tracked."""
+        self._begun = None
+        if self._gen is None or self._opts.strength <= 0:
+            return
         conds = generator_conditions(self._rx, "add", self._opts.strength, self.params.lens)
-        mats, jobs = [], []
-        for i, (face, (_, lenses)) in enumerate(zip(ctx.faces, placed, strict=True)):
-            m = alignment_matrix(face, size)
-            mats.append(m)
-            outlines = {lens.side: lens.outline_px for lens in lenses}
-            for sides, cond in conds:
-                alpha = lens_alpha([outlines[s] for s in sides if s in outlines], m, size, LENS_FEATHER * size)
-                if alpha.any():
-                    jobs.append(CropJob(i, alpha, {"cond": cond}))
-        return mats, jobs
+        self._begun = self._gen.begin(image, ctx, lens_jobs(conds, len(ctx.faces)))
 
     def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
         """Generator refraction inside the placed lens openings, then the same frame and tint drawing."""
         p = self.params
-        feather = LENS_FEATHER * p.neural_size
+        size = p.neural_size
+        feather = LENS_FEATHER * size
         begun, self._begun = self._begun, None
+        t0 = time.perf_counter()
+        placed = self.placements(ctx)
         out = image
-        if begun is not None and begun[0] == ctx.index:
-            placed, pending = begun[1], begun[2]
-            if pending is not None:
-                out = gen.finish(pending, image, feather, ctx.timings_ms, self.name)
-            elif self._opts.strength > 0:
-                out = gen.run(image, *self._neural_jobs(ctx, placed), feather, ctx.timings_ms, self.name)
-        else:
-            t0 = time.perf_counter()
-            placed = self.placements(ctx)
-            if self._opts.strength > 0:
-                mats, jobs = self._neural_jobs(ctx, placed)
+        if self._opts.strength > 0:
+            conds = generator_conditions(self._rx, "add", self._opts.strength, p.lens)
+            outlines = [{lens.side: lens.outline_px for lens in lenses} for _, lenses in placed]
+            if gen.accepts(begun, ctx):
+                assert begun is not None
+                alphas = lens_alphas(conds, outlines, begun.mats, size, feather)
                 ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
+                out = gen.finish(begun, image, alphas, feather, ctx.timings_ms, self.name)
+            else:
+                mats = [alignment_matrix(face, size) for face in ctx.faces]
+                jobs = weighted_lens_jobs(conds, outlines, mats, size, feather)
+                ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
                 out = gen.run(image, mats, jobs, feather, ctx.timings_ms, self.name)
         if p.draw_frame:
             for face, (pl, _) in zip(ctx.faces, placed, strict=True):
