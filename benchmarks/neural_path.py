@@ -107,10 +107,13 @@ def run(clip: str, n: int, warmup: int, threads: int, work: Path, backend: str =
         names = list(pipes)
         for i, frame in enumerate(frames):
             names = names[1:] + names[:1]  # rotate: no chain always runs first on a warm cache
+            totals, base_track = {}, float("nan")
             for name in names:
                 t = time.perf_counter()
                 _, res = pipes[name].process(frame, i / fps)
-                total = (time.perf_counter() - t) * 1e3
+                total = totals[name] = (time.perf_counter() - t) * 1e3
+                if name == BASELINE:
+                    base_track = res.timings_ms.get("track", float("nan"))
                 if i < warmup:
                     continue
                 errors[name].extend(res.errors)
@@ -124,6 +127,9 @@ def run(clip: str, n: int, warmup: int, threads: int, work: Path, backend: str =
                 # The filters' own time (crop, pre/post, inference, paste): the path the GPU target bounds.
                 own = [v for k, v in res.timings_ms.items() if k != "track" and ("." not in k or k.endswith(".begin"))]
                 stages[name]["filters"].append(sum(own))
+            if i >= warmup:  # what the chain adds to the frame over tracking it alone (the baseline's, same frame)
+                for name, total in totals.items():
+                    stages[name]["over_tracking"].append(total - base_track)
         models = {name: p.models() for name, p in pipes.items()}
         isolated = isolated_inference(weights_dir, work / "onnx", n, size)
     finally:
@@ -150,14 +156,21 @@ def run(clip: str, n: int, warmup: int, threads: int, work: Path, backend: str =
         f"{part}_{q}": out["chains"]["restore+remove_neural"]["stages_ms"][part][q] / seq[part][q]
         for part in ("inference", "total") for q in ("p50", "p95")
     }
+    over = out["chains"]["restore+remove_neural"]["stages_ms"]["over_tracking"]
     out["target"] = {"what": f"restorer + generator inference per face per frame, p95, {backend}, {size} px",
                      "limit_ms": TARGET_MS, "p50_ms": both["p50"], "p95_ms": both["p95"],
                      "met": bool(both["p95"] <= TARGET_MS),
                      "sequential_p50_ms": seq["inference"]["p50"], "sequential_p95_ms": seq["inference"]["p95"],
+                     "chain_over_tracking_p50_ms": over["p50"], "chain_over_tracking_p95_ms": over["p95"],
+                     "met_by_chain_over_tracking": bool(over["p95"] <= TARGET_MS),
+                     "sequential_chain_over_tracking_p50_ms": seq["over_tracking"]["p50"],
+                     "sequential_chain_over_tracking_p95_ms": seq["over_tracking"]["p95"],
                      "single_thread_cpu_time_p50_ms": cpu["p50"], "single_thread_cpu_time_p95_ms": cpu["p95"],
                      "note": "p50/p95_ms: wall time on the frame's critical path in the pipeline as served (both "
                              "networks started beside the tracker, 1 ORT thread each; inflated by other load); "
                              "sequential: the overlap off, each network in turn on the ORT threads of the settings; "
+                             "chain_over_tracking: the whole chain's frame time minus tracking alone on the same frame "
+                             "(the baseline chain's), i.e. all the latency the two filters add, pre/post included; "
                              "single_thread_cpu_time: both networks' own CPU time on one thread"}  # fmt: skip
     if backend in ("torch-cuda", "tensorrt"):
         path = out["chains"]["restore+remove_neural"]["stages_ms"]["filters"]
@@ -222,13 +235,14 @@ def plot(res: dict[str, Any], path: Path) -> Path:
     order = ["track", "masks", "align", "restorer", "generator", "paste", "other"]
     palette = ["#8da0cb", "#ffd92f", "#a6d854", "#fc8d62", "#e78ac3", "#66c2a5", "#cccccc"]
     colours = dict(zip(order, palette, strict=True))
-    alias = {"mask": "masks", "lenses": "masks", "generator_heads": "generator"}  # placement and masks; heads
+    # placement and masks; heads; an early start's crops and hand-over
+    alias = {"mask": "masks", "lenses": "masks", "generator_heads": "generator", "begin": "align"}
     fig, ax = plt.subplots(figsize=(10.5, 4.2))
     for y, name in enumerate(names):
         st = res["chains"][name]["stages_ms"]
         parts = dict.fromkeys(order, 0.0)
         for k, v in st.items():
-            if k in ("total", "inference"):
+            if k in ("total", "inference", "over_tracking"):
                 continue
             key = k.split(".")[-1] if "." in k else ("track" if k == "track" else None)
             key = alias.get(key, key) if key is not None else None
