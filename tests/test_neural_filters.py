@@ -41,6 +41,7 @@ from stream.filters.base import FrameContext  # noqa: E402
 from stream.filters.neural import (  # noqa: E402
     CropJob,
     FaceModel,
+    alpha_box,
     from_nchw,
     generator_conditions,
     plan_batches,
@@ -127,6 +128,13 @@ def test_plan_batches_greedy_without_padding() -> None:
     assert plan_batches(3, [1]) == [1, 1, 1]
     with pytest.raises(ValueError, match="batch size 1"):
         plan_batches(2, [2])
+
+
+def test_alpha_box_bounds_the_nonzero_weights() -> None:
+    a = np.zeros((16, 16), np.float32)
+    assert alpha_box(None) is None and alpha_box(a) is None  # the whole crop / nothing to bound
+    a[3, 5] = a[9, 11] = 0.2
+    assert alpha_box(a) == (3, 10, 5, 12)
 
 
 def test_nchw_round_trip_is_exact_and_in_range() -> None:

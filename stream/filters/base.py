@@ -175,8 +175,8 @@ class Filter:
         close enough, or works as usual."""
 
     def set_concurrent(self, on: bool) -> None:
-        """The pipeline's overlap plan: when on, this filter's network runs at the same time as another's, so
-        it takes one CPU thread (two single-thread sessions side by side beat two 2-thread ones in turn)."""
+        """The pipeline's overlap plan: when on, this filter's network starts beside the tracker (and other
+        networks), so it takes one CPU thread (stream.overlap)."""
         if on != self.concurrent:
             self.concurrent = on
             self._start_models(self.params)

@@ -10,6 +10,9 @@ more faces, a batch-2 graph in the background; each frame is split greedily into
 Pre/post-processing runs where the network runs: cv2 on the host for host backends; torch on the GPU when
 the backend takes device tensors (``neural_gpu``), with one upload and one download per frame.
 
+Networks may start before the frame is tracked, on the previous frame's crops (``FaceModel.begin``,
+``stream.overlap``); a result is used only if the tracked faces' crops moved by at most ``MAX_DRIFT``.
+
 A model that is loading, has no weights or failed to load leaves frames as they are; ``status`` says why
 (the stats overlay's ``models`` entry) and the store logs it once.
 """
@@ -228,11 +231,10 @@ def weighted_lens_jobs(conds: Conditions, outlines: Sequence[Mapping[str, np.nda
     return [replace(j, alpha=a) for j, a in zip(lens_jobs(conds, len(mats)), alphas, strict=True) if a.any()]
 
 
-
 HEADS_OUTPUTS = ("field", "residual", "mask")  # a graph with these outputs is composed here (generator_heads)
 
 
-def alpha_box(alpha: np.ndarray | None, size: int) -> tuple[int, int, int, int] | None:
+def alpha_box(alpha: np.ndarray | None) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) bounding the nonzero weights (None: the whole crop); the only pixels a paste uses."""
     if alpha is None:
         return None
@@ -267,9 +269,10 @@ class PendingRun:
 class FaceModel:
     """One network over aligned face crops, served by the shared ``ModelStore``.
 
-    A graph whose outputs are the generator's heads (``HEADS_OUTPUTS``) is composed on the crop here
-    (``models.heads_compose``), which lets ``begin`` run it on a worker thread from the frame as it entered
-    the chain while an earlier filter's network runs, and ``finish`` compose it on that filter's output.
+    ``begin`` starts it on a worker thread before the frame is tracked, on the previous frame's face crops, and
+    ``finish`` pastes the result once the tracked faces confirm the crops (stream.overlap). A graph whose
+    outputs are the generator's heads (``HEADS_OUTPUTS``) is composed here on the crop as it is at paste time
+    (``models.heads_compose``), so it may start from the frame before an earlier filter restored it.
     """
 
     def __init__(self, model: str, size: int, prefer: str = "auto", store: ModelStore | None = None,
@@ -443,7 +446,7 @@ class FaceModel:
             if tuple(o) == HEADS_OUTPUTS:  # composed on the crop as it is now, only where the paste looks
                 assert crops is not None
                 images[k] = compose_heads(crops[job.face][None], *(o[n][None] for n in HEADS_OUTPUTS),
-                                          box=alpha_box(job.alpha, self.size))[0]  # fmt: skip
+                                          box=alpha_box(job.alpha))[0]  # fmt: skip
             else:
                 images[k] = next(iter(o.values()))
         out = image
@@ -496,6 +499,27 @@ class FaceModel:
         timings[f"{p}paste"] = timings.get(f"{p}paste", 0.0) + (t[3] - t[2]) * 1e3
 
 
+def generate_in_lenses(gen: FaceModel, begun: PendingRun | None, image: np.ndarray, ctx: Any, conds: Conditions,
+                       outlines: Sequence[Mapping[str, np.ndarray]], feather_px: float, started_s: float,
+                       prefix: str) -> np.ndarray:  # fmt: skip
+    """The generator's output pasted inside the tracked faces' lens openings (``outlines``, per face): the run
+    ``begun`` beside the tracker if ``gen.accepts`` it, else a run in turn. ``<prefix>.lenses`` records the
+    time since ``started_s`` (the caller's placement) plus the lens weights."""
+    size = gen.size
+    if gen.accepts(begun, ctx):
+        assert begun is not None
+        alphas = lens_alphas(conds, outlines, begun.mats, size, feather_px)
+        ctx.timings_ms[f"{prefix}.lenses"] = (time.perf_counter() - started_s) * 1e3
+        return gen.finish(begun, image, alphas, feather_px, ctx.timings_ms, prefix)
+    try:
+        mats = [alignment_matrix(face, size) for face in ctx.faces]
+    except ValueError as e:
+        raise FilterError(f"engine=neural: {e}") from None
+    jobs = weighted_lens_jobs(conds, outlines, mats, size, feather_px)
+    ctx.timings_ms[f"{prefix}.lenses"] = (time.perf_counter() - started_s) * 1e3
+    return gen.run(image, mats, jobs, feather_px, ctx.timings_ms, prefix)
+
+
 GENERATOR = "generator"
 GENERATOR_HEADS = "generator_heads"  # the same network without its last step, composed by FaceModel
 
@@ -504,7 +528,7 @@ def start_generator(rx: Any, mode: str, strength: float, lens: str, size: int, b
                     concurrent: bool = False) -> FaceModel:  # fmt: skip
     """The generator behind a filter's ``engine=neural``: conditioning and crop size checked (FilterError),
     loading started in the background so the stream is not held up. ``concurrent``: the heads graph on one
-    thread, to run beside an earlier filter's network (``FaceModel.begin``)."""
+    thread, to start beside the tracker (``FaceModel.begin``; stream.overlap)."""
     try:
         generator_conditions(rx, mode, strength, lens)
     except ValueError as e:

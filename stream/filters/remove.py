@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from models.align import alignment_matrix
 from models.optics.estimation import SphereEstimate, SphereEstimator
 from models.optics.filter_params import build_rx, check_pd, frame_names, load_frame
 from models.optics.frame_fit import FrameFitter
@@ -37,12 +36,11 @@ from stream.filters.neural import (
     FaceModel,
     PendingRun,
     backend_param,
+    generate_in_lenses,
     generator_conditions,
-    lens_alphas,
     lens_jobs,
     size_param,
     start_generator,
-    weighted_lens_jobs,
 )
 
 log = logging.getLogger(__name__)
@@ -252,18 +250,7 @@ class Remove(Filter):
             except ValueError as e:
                 raise FilterError(f"face {face.face_id}: {e}") from None
             outlines.append({lens.side: lens.outline_px for lens in lenses})
-        if gen.accepts(begun, ctx):
-            assert begun is not None
-            alphas = lens_alphas(conds, outlines, begun.mats, size, feather)
-            ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
-            return gen.finish(begun, image, alphas, feather, ctx.timings_ms, self.name)
-        try:
-            mats = [alignment_matrix(face, size) for face in ctx.faces]
-        except ValueError as e:
-            raise FilterError(f"engine=neural: {e}") from None
-        jobs = weighted_lens_jobs(conds, outlines, mats, size, feather)
-        ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
-        return gen.run(image, mats, jobs, feather, ctx.timings_ms, self.name)
+        return generate_in_lenses(gen, begun, image, ctx, conds, outlines, feather, t0, self.name)
 
 
 def rim_width_px(lenses: tuple[Any, ...]) -> float:

@@ -4,6 +4,8 @@ Per frame: align every tracked face to a square crop (eyes and mouth on the FFHQ
 on the crops in batches (fidelity w: 0 = pure codebook, 1 = closest to the input), and paste each result
 back inside the face outline (or the whole crop) with a feathered edge. Pixels outside the pasted region
 are untouched. Until the model is loaded, or without weights, frames pass through and the stats say why.
+At the head of a chain the restorer starts on the previous frame's crops while the frame is tracked
+(``begin``; stream.overlap).
 """
 
 from __future__ import annotations

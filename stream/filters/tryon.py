@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from models.align import alignment_matrix
 from models.glasses.placement import IrisScale
 from models.glasses.render import RenderStyle, render_glasses
 from models.glasses.user_png import read_png_frame, render_png_frame
@@ -31,12 +30,11 @@ from stream.filters.neural import (
     FaceModel,
     PendingRun,
     backend_param,
+    generate_in_lenses,
     generator_conditions,
-    lens_alphas,
     lens_jobs,
     size_param,
     start_generator,
-    weighted_lens_jobs,
 )
 
 FRAMES = frame_names()
@@ -209,16 +207,7 @@ class Tryon(Filter):
         if self._opts.strength > 0:
             conds = generator_conditions(self._rx, "add", self._opts.strength, p.lens)
             outlines = [{lens.side: lens.outline_px for lens in lenses} for _, lenses in placed]
-            if gen.accepts(begun, ctx):
-                assert begun is not None
-                alphas = lens_alphas(conds, outlines, begun.mats, size, feather)
-                ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3  # placement + lens masks
-                out = gen.finish(begun, image, alphas, feather, ctx.timings_ms, self.name)
-            else:
-                mats = [alignment_matrix(face, size) for face in ctx.faces]
-                jobs = weighted_lens_jobs(conds, outlines, mats, size, feather)
-                ctx.timings_ms[f"{self.name}.lenses"] = (time.perf_counter() - t0) * 1e3
-                out = gen.run(image, mats, jobs, feather, ctx.timings_ms, self.name)
+            out = generate_in_lenses(gen, begun, image, ctx, conds, outlines, feather, t0, self.name)
         if p.draw_frame:
             for face, (pl, _) in zip(ctx.faces, placed, strict=True):
                 out = self._draw(out, face, pl, ctx, inplace=out is not image)
