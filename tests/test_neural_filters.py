@@ -769,3 +769,32 @@ def test_begin_and_finish_give_the_run_of_the_same_crops(store: ModelStore, weig
     finally:
         for s in stores.values():
             s.close()
+
+
+def test_two_faces_start_beside_the_tracker_and_a_new_face_runs_in_turn(
+    store: ModelStore, tracked: tuple[np.ndarray, list[Face]]
+) -> None:
+    """Both faces of a frame in one early run (batched once the batch-2 graph is in); a face that was not in the
+    previous frame makes the frame run in turn; the picture is the in-turn one (same faces, same crops, and this
+    module's generator has bias-only heads, so raw and restored crops give it the same heads)."""
+    from stream.pipeline import FramePipeline
+
+    frame, faces = tracked
+    wide = np.hstack([frame, frame])
+    two = [replace(faces[0], image_size=(1280, 480)), shifted(faces[0], 640.0, 1280)]
+    tracker = FixedTracker(two[:1])
+    p = FramePipeline([{"name": "restore"}, REMOVE_NEURAL], tracker_factory=lambda cfg: tracker)
+    try:
+        p.prepare(120)
+        p.process(wide, 0.0)
+        tracker.faces = two  # a second face arrives: not in the previous frame, so the frame runs in turn
+        in_turn, res = p.process(wide, 0.04)
+        assert not res.errors and "restore.restorer.overlapped" not in res.timings_ms
+        assert store.get(ModelRequest("restorer", SIZE, 2, threads=1), timeout=120).ready
+        early, res = p.process(wide, 0.08)  # the same two faces: both start beside the tracker, batched
+        assert not res.errors and "restore.restorer.overlapped" in res.timings_ms
+        assert p.models()["restorer"]["batches"] == [1, 2]
+        assert changed(early, wide)[:, :640].any() and changed(early, wide)[:, 640:].any()
+        assert np.abs(early.astype(int) - in_turn).max() <= 1
+    finally:
+        p.close()
