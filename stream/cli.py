@@ -39,6 +39,10 @@ def _is_number(s: str) -> bool:
     return True
 
 
+NO_OVERLAP_HELP = ("run neural filters after tracking, in turn, instead of starting them on the previous frame's "
+                   "faces while a frame is tracked (README: Overlap)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rxstream", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -52,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-faces", type=int, default=2)
     s.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
     s.add_argument("--whip-token", default=None, help="require this Bearer token on WHIP/WHEP")
+    s.add_argument("--no-overlap", action="store_true", help=NO_OVERLAP_HELP)
 
     f = sub.add_parser("process", help="run the pipeline over a video file")
     f.add_argument("input")
@@ -59,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--filter", default="passthrough", help="filter chain, e.g. landmarks or tryon+landmarks")
     f.add_argument("--max-faces", type=int, default=2)
     f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--no-overlap", action="store_true", help=NO_OVERLAP_HELP)
 
     sub.add_parser("fetch-model", help="download and verify the face landmarker model")
     sub.add_parser("filters", help="list filters and their parameters")

@@ -47,3 +47,5 @@ class ServerConfig:
     stats_interval_s: float = 0.5
     default_filters: tuple[str, ...] = ("passthrough",)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    # Start the networks on the previous frame's faces while a frame is tracked (stream.overlap).
+    overlap: bool = True

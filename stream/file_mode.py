@@ -299,7 +299,7 @@ def run_process(args: argparse.Namespace, params: dict[str, Any]) -> int:
         tracker_config = TrackerConfig(max_faces=args.max_faces)
         if any(registry.REGISTRY[s.name].needs_faces for s in specs):
             model_path(tracker_config.model_path)  # fail now, not as an error on every frame
-        pipeline = FramePipeline(specs, tracker_config)
+        pipeline = FramePipeline(specs, tracker_config, overlap=not getattr(args, "no_overlap", False))
     except (FileModeError, FilterError, ModelAssetError) as e:
         print(f"rxstream process: {e}", file=sys.stderr)
         return 2

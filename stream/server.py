@@ -161,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ice_servers=tuple(args.ice_server or ()),
         whip_token=args.whip_token,
         tracker=TrackerConfig(max_faces=args.max_faces),
+        overlap=not getattr(args, "no_overlap", False),
     )
 
 

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 async def build_pipeline(config: ServerConfig, chain: Any) -> FramePipeline:
     """Create the chain off the event loop (filters may load models); raises FilterError."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, lambda: FramePipeline(chain, tracker_config=config.tracker))
+    return await loop.run_in_executor(None, lambda: FramePipeline(chain, tracker_config=config.tracker,
+                                                                      overlap=config.overlap))
 
 
 def watch_connection(registry: SessionRegistry, session: Session) -> None:

@@ -550,9 +550,13 @@ def test_process_cli_with_restore(store: ModelStore, clip_frames: Callable[..., 
     assert main(["process", str(src), str(dst), "--filter", "restore", "--fidelity", "0.4", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "restore.restorer" in out and "model restorer (restore): ready onnxruntime on cpu" in out
+    assert "restore.restorer.overlapped" in out  # started beside the tracker from the second frame on
     with av.open(str(dst)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 6
+    argv = ["process", str(src), str(tmp_path / "in_turn.mp4"), "--filter", "restore", "--no-progress", "--no-overlap"]
+    assert main(argv) == 0
+    assert "restore.restorer" in (out := capsys.readouterr().out) and "overlapped" not in out
 
 
 def test_host_backends_refuse_device_tensors(store: ModelStore) -> None:

@@ -242,3 +242,4 @@ def test_serve_arguments_build_the_server_config() -> None:
     assert (cfg.host, cfg.port, cfg.max_sessions, cfg.whip_token) == ("127.0.0.1", 9000, 2, "t0k")
     assert cfg.ice_servers == ("stun:127.0.0.1:3478",) and cfg.tracker.max_faces == 3
     assert config_from_args(build_parser().parse_args(["serve"])).ice_servers == ()  # no public STUN by default
+    assert cfg.overlap and not config_from_args(build_parser().parse_args(["serve", "--no-overlap"])).overlap
