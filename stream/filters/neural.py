@@ -537,3 +537,45 @@ def start_generator(rx: Any, mode: str, strength: float, lens: str, size: int, b
     check_size(gen.store, GENERATOR, size)
     gen.start()
     return gen
+
+
+class LensGenerator:
+    """What ``tryon`` and ``remove`` share for ``engine=neural`` (mixed in before ``Filter``): the generator,
+    its early start beside the tracker, its status and its release."""
+
+    _gen: FaceModel | None = None
+    _begun: PendingRun | None = None
+
+    def _use_generator(self, gen: FaceModel | None) -> None:
+        """Swap in ``gen`` (None: the optics engine); the previous generator's worker stops."""
+        old, self._gen, self._begun = self._gen, gen, None
+        if old is not None:
+            old.close()
+
+    @property
+    def uses_network(self) -> bool:
+        return self._gen is not None
+
+    @property
+    def can_begin(self) -> bool:
+        return self._gen is not None
+
+    @property
+    def begin_composes(self) -> bool:
+        return True  # heads: composed on whatever geometry-keeping filters made of the frame
+
+    def _begin_lenses(self, image: np.ndarray, ctx: Any, conds: Conditions) -> None:
+        """Start the heads on the crops of the faces predicted for this frame, one job per lens conditioning."""
+        gen = self._gen
+        self._begun = gen.begin(image, ctx, lens_jobs(conds, len(ctx.faces))) if gen is not None else None
+
+    def prepare(self, timeout: float | None = None) -> None:
+        if self._gen is not None:
+            self._gen.prepare(timeout)
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        return {GENERATOR: self._gen.status()} if self._gen is not None else {}
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()

@@ -32,13 +32,11 @@ from models.optics.prescription import Prescription, with_sphere
 from models.optics.scene import OpticsOptions, face_optics, lens_powers, place
 from stream.filters.base import Filter, FilterError, FrameContext, param
 from stream.filters.neural import (
-    GENERATOR,
     FaceModel,
-    PendingRun,
+    LensGenerator,
     backend_param,
     generate_in_lenses,
     generator_conditions,
-    lens_jobs,
     size_param,
     start_generator,
 )
@@ -79,7 +77,7 @@ class RemoveParams:
         check_pd(self.pd)
 
 
-class Remove(Filter):
+class Remove(LensGenerator, Filter):
     name = "remove"
     description = "Undo worn glasses' refraction (minus lenses shrink the eyes; this restores them)."
     Params = RemoveParams
@@ -88,7 +86,6 @@ class Remove(Filter):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self._pool: ThreadPoolExecutor | None = None
-        self._gen: FaceModel | None = None
         self._derive(self.params)
 
     def _derive(self, p: RemoveParams) -> None:
@@ -105,28 +102,10 @@ class Remove(Filter):
         self._start_models(p)
 
     def _start_models(self, p: RemoveParams) -> None:
-        old, self._gen = self._gen, None
+        gen = None
         if p.engine == "neural":
-            self._gen = start_generator(self._rx, "remove", p.strength, p.lens, p.neural_size, p.backend,
-                                        self.concurrent)  # fmt: skip
-        if old is not None:
-            old.close()
-        self._begun: PendingRun | None = None
-
-    @property
-    def uses_network(self) -> bool:
-        return self._gen is not None
-
-    @property
-    def can_begin(self) -> bool:
-        return self._gen is not None
-
-    def prepare(self, timeout: float | None = None) -> None:
-        if self._gen is not None:
-            self._gen.prepare(timeout)
-
-    def models(self) -> dict[str, dict[str, Any]]:
-        return {GENERATOR: self._gen.status()} if self._gen is not None else {}
+            gen = start_generator(self._rx, "remove", p.strength, p.lens, p.neural_size, p.backend, self.concurrent)
+        self._use_generator(gen)
 
     def _set_rx(self, rx: Prescription) -> None:
         self._rx = rx
@@ -170,8 +149,7 @@ class Remove(Filter):
                      e.frames)
 
     def close(self) -> None:
-        if self._gen is not None:
-            self._gen.close()
+        super().close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -214,10 +192,6 @@ class Remove(Filter):
             inverses.extend(invert_warp(w) for w in fo.warps)
         return apply_inverse(image, inverses)
 
-    @property
-    def begin_composes(self) -> bool:
-        return True  # heads: composed on whatever geometry-keeping filters made of the frame
-
     def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
         """The generator's heads on the crops of the faces predicted for this frame, while it is tracked (once the
         worn frame is fitted and the prescription known)."""
@@ -229,7 +203,7 @@ class Remove(Filter):
             conds = generator_conditions(self._rx, "remove", p.strength, p.lens)
         except ValueError:
             return  # apply reports it
-        self._begun = gen.begin(image, ctx, lens_jobs(conds, len(ctx.faces)))
+        self._begin_lenses(image, ctx, conds)
 
     def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
         p = self.params

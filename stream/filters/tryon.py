@@ -26,13 +26,11 @@ from models.optics.scene import FaceOptics, OpticsOptions, face_optics, lens_pow
 from stream.face import Face
 from stream.filters.base import Filter, FilterError, FrameContext, param
 from stream.filters.neural import (
-    GENERATOR,
     FaceModel,
-    PendingRun,
+    LensGenerator,
     backend_param,
     generate_in_lenses,
     generator_conditions,
-    lens_jobs,
     size_param,
     start_generator,
 )
@@ -74,7 +72,7 @@ class TryonParams:
         check_pd(self.pd)
 
 
-class Tryon(Filter):
+class Tryon(LensGenerator, Filter):
     name = "tryon"
     description = "Glasses try-on with the prescription's real refraction (minus shrinks, plus magnifies)."
     Params = TryonParams
@@ -83,7 +81,6 @@ class Tryon(Filter):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self._iris: dict[int, IrisScale] = {}
-        self._gen: FaceModel | None = None
         self._derive(self.params)
 
     def _derive(self, p: TryonParams) -> None:
@@ -105,32 +102,11 @@ class Tryon(Filter):
         self._start_models(p)
 
     def _start_models(self, p: TryonParams) -> None:
-        old, self._gen = self._gen, None
+        gen = None
         if p.engine == "neural":
-            self._gen = start_generator(self._rx, "add", self._opts.strength, p.lens, p.neural_size, p.backend,
-                                        self.concurrent)  # fmt: skip
-        if old is not None:
-            old.close()
-        self._begun: PendingRun | None = None
-
-    @property
-    def uses_network(self) -> bool:
-        return self._gen is not None
-
-    @property
-    def can_begin(self) -> bool:
-        return self._gen is not None
-
-    def close(self) -> None:
-        if self._gen is not None:
-            self._gen.close()
-
-    def prepare(self, timeout: float | None = None) -> None:
-        if self._gen is not None:
-            self._gen.prepare(timeout)
-
-    def models(self) -> dict[str, dict[str, Any]]:
-        return {GENERATOR: self._gen.status()} if self._gen is not None else {}
+            gen = start_generator(self._rx, "add", self._opts.strength, p.lens, p.neural_size, p.backend,
+                                  self.concurrent)  # fmt: skip
+        self._use_generator(gen)
 
     def _face_options(self, face: Face, ctx: FrameContext) -> OpticsOptions:
         """Per face: without a given PD, the glasses' scale comes from that person's iris size.
@@ -183,17 +159,11 @@ class Tryon(Filter):
                 out = self._draw(out, face, fo.placement, ctx, inplace=out is not image)  # never draw on the input
         return out
 
-    @property
-    def begin_composes(self) -> bool:
-        return True  # heads: composed on whatever geometry-keeping filters made of the frame
-
     def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
         """The generator's heads on the crops of the faces predicted for this frame, while it is tracked."""
         self._begun = None
-        if self._gen is None or self._opts.strength <= 0:
-            return
-        conds = generator_conditions(self._rx, "add", self._opts.strength, self.params.lens)
-        self._begun = self._gen.begin(image, ctx, lens_jobs(conds, len(ctx.faces)))
+        if self._gen is not None and self._opts.strength > 0:
+            self._begin_lenses(image, ctx, generator_conditions(self._rx, "add", self._opts.strength, self.params.lens))
 
     def _apply_neural(self, image: np.ndarray, ctx: FrameContext, gen: FaceModel) -> np.ndarray:
         """Generator refraction inside the placed lens openings, then the same frame and tint drawing."""
