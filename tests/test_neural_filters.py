@@ -326,12 +326,9 @@ def test_backends_agree_on_restorer_output(store: ModelStore) -> None:
     assert np.abs(outs["onnxruntime"].astype(int) - outs["torch-cpu"]).max() <= 1
 
 
-class AffineBackend(Backend):
-    """A fixed, smooth stand-in network (out = 0.6 x - 0.2): isolates the pre/post paths from a network's
-    sensitivity (a codebook flips codes on sub-grey input changes). ``device_io`` selects the torch path,
-    which the runner uses on CUDA; here it runs on CPU tensors."""
-
-    name = "affine"
+class StandInBackend(Backend):
+    """A fixed stand-in network on the CPU; ``device_io`` selects the torch path, which the runner uses on
+    CUDA (here it runs on CPU tensors)."""
 
     def __init__(self, device_io: bool) -> None:
         super().__init__()
@@ -351,6 +348,13 @@ class AffineBackend(Backend):
 
     def _load(self, source: Any, manifest: Manifest) -> None:
         pass
+
+
+class AffineBackend(StandInBackend):
+    """A smooth stand-in (out = 0.6 x - 0.2): isolates the pre/post paths from a network's sensitivity (a
+    codebook flips codes on sub-grey input changes)."""
+
+    name = "affine"
 
     def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"out": 0.6 * np.asarray(inputs["image"]) - 0.2}
@@ -680,29 +684,10 @@ def test_a_failing_begin_leaves_the_frame_to_apply(store: ModelStore, tracked: t
         p.close()
 
 
-class HeadsBackend(Backend):
+class HeadsBackend(StandInBackend):
     """Fixed smooth heads (a sideways field, a residual, a mask) on the host or the torch path."""
 
     name = "heads"
-
-    def __init__(self, device_io: bool) -> None:
-        super().__init__()
-        self._device_io = device_io
-
-    @property
-    def device(self) -> str:
-        return "cpu"
-
-    @property
-    def precision(self) -> str:
-        return "fp32"
-
-    @property
-    def device_io(self) -> bool:
-        return self._device_io
-
-    def _load(self, source: Any, manifest: Manifest) -> None:
-        pass
 
     def _heads(self, n: int) -> dict[str, np.ndarray]:
         xs = np.linspace(0.0, np.pi, SIZE, dtype=np.float32)
