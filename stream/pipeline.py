@@ -108,10 +108,11 @@ class FramePipeline:
         return [f.name for f in new]
 
     def _replan(self, chain: Sequence[Filter]) -> OverlapPlan:
-        """The chain's overlap plan, with each filter told whether its network shares the cores."""
+        """The chain's overlap plan, with each filter told whether its network shares the cores, then started."""
         plan = plan_overlap(chain, self.overlap)
         for k, f in enumerate(chain):
             f.set_concurrent(k in plan.early)
+            f.start()  # load in the background with the planned threads: the stream is not held up
         return plan
 
     def configure(self, name: str, params: dict[str, Any]) -> None:

@@ -785,5 +785,27 @@ def test_two_faces_start_beside_the_tracker_and_a_new_face_runs_in_turn(
         assert p.models()["restorer"]["batches"] == [1, 2]
         assert changed(early, wide)[:, :640].any() and changed(early, wide)[:, 640:].any()
         assert np.abs(early.astype(int) - in_turn).max() <= 1
+        # the heads' batch-2 graph is loading too: let it finish here, not during later tests
+        assert store.get(ModelRequest("generator_heads", SIZE, 2, threads=1), timeout=120).ready
     finally:
         p.close()
+
+
+def test_a_chain_loads_only_the_sessions_its_plan_runs(store: ModelStore, weights_dir: Path) -> None:
+    """Models load once the overlap plan has set their threads: no 2-thread session is loaded and dropped."""
+    from stream.pipeline import FramePipeline
+
+    own = store_with(store, weights_dir, {"onnxruntime": default_candidates()["onnxruntime"]})
+    old = set_shared_store(own)
+    try:
+        p = FramePipeline([{"name": "restore"}, REMOVE_NEURAL], tracker_factory=lambda cfg: None)
+        p.prepare(120)
+        assert sorted(own.describe()) == ["generator_heads@128/b1/t1", "restorer@128/b1/t1"]
+        p.close()
+        q = FramePipeline([{"name": "restore"}, REMOVE_NEURAL], tracker_factory=lambda cfg: None, overlap=False)
+        q.prepare(120)
+        assert sorted(own.describe())[:2] == ["generator@128/b1", "generator_heads@128/b1/t1"]
+        q.close()
+    finally:
+        set_shared_store(old)
+        own.close()

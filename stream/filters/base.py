@@ -184,6 +184,10 @@ class Filter:
     def _start_models(self, p: Any) -> None:
         """(Re)create the filter's model handles for ``p`` and ``self.concurrent``; part of ``_derive``."""
 
+    def start(self) -> None:
+        """Start loading the filter's models in the background (the pipeline calls it once the chain's overlap
+        plan has set each network's thread count; without it a model loads on first use)."""
+
     def prepare(self, timeout: float | None = None) -> None:
         """Block until the filter's models are loaded (file mode; a live stream never waits)."""
 

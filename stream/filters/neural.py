@@ -526,16 +526,15 @@ GENERATOR_HEADS = "generator_heads"  # the same network without its last step, c
 
 def start_generator(rx: Any, mode: str, strength: float, lens: str, size: int, backend: str,
                     concurrent: bool = False) -> FaceModel:  # fmt: skip
-    """The generator behind a filter's ``engine=neural``: conditioning and crop size checked (FilterError),
-    loading started in the background so the stream is not held up. ``concurrent``: the heads graph on one
-    thread, to start beside the tracker (``FaceModel.begin``; stream.overlap)."""
+    """The generator behind a filter's ``engine=neural``, conditioning and crop size checked (FilterError); its
+    loading starts with ``Filter.start`` or its first use. ``concurrent``: the heads graph on one thread, to
+    start beside the tracker (``FaceModel.begin``; stream.overlap)."""
     try:
         generator_conditions(rx, mode, strength, lens)
     except ValueError as e:
         raise FilterError(f"engine=neural: {e}") from None
     gen = FaceModel(GENERATOR_HEADS if concurrent else GENERATOR, size, backend, threads=1 if concurrent else None)
     check_size(gen.store, GENERATOR, size)
-    gen.start()
     return gen
 
 
@@ -568,6 +567,10 @@ class LensGenerator:
         """Start the heads on the crops of the faces predicted for this frame, one job per lens conditioning."""
         gen = self._gen
         self._begun = gen.begin(image, ctx, lens_jobs(conds, len(ctx.faces))) if gen is not None else None
+
+    def start(self) -> None:
+        if self._gen is not None:
+            self._gen.start()
 
     def prepare(self, timeout: float | None = None) -> None:
         if self._gen is not None:

@@ -65,7 +65,10 @@ class Restore(Filter):
             self._model.close()
         self._model = model
         self._begun: PendingRun | None = None
-        model.start()  # load in the background: the stream is not held up
+
+    def start(self) -> None:
+        assert self._model is not None
+        self._model.start()
 
     @property
     def uses_network(self) -> bool:
