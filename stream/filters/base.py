@@ -30,6 +30,8 @@ class FrameContext:
     height: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     _camera: Pinhole | None = field(default=None, repr=False)
+    # What several filters would compute alike for this frame (e.g. the face crops early starts take)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def camera(self) -> Pinhole:

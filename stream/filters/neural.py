@@ -362,12 +362,15 @@ class FaceModel:
         handles = self._handles(len(jobs))
         if not handles or handles[1].device_io:
             return None
-        try:
-            mats = [alignment_matrix(f, self.size) for f in ctx.faces]
-        except ValueError:
-            return None
+        key = ("crops", self.size, id(image))  # the restorer and the heads crop the same faces alike
+        if key not in ctx.memo:
+            try:
+                mats = [alignment_matrix(f, self.size) for f in ctx.faces]
+            except ValueError:
+                return None
+            ctx.memo[key] = (mats, to_nchw([warp_crop(image, m, self.size) for m in mats]))
+        mats, crops = ctx.memo[key]  # read only from here on (the worker copies what it feeds)
         plan = plan_batches(len(jobs), handles)
-        crops = to_nchw([warp_crop(image, m, self.size) for m in mats])
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.model}-overlap")
         jobs = list(jobs)
