@@ -4,7 +4,8 @@
 
 Frames of a shared clip, letterboxed to 640x480, run through one FramePipeline per chain
 (tracking included), chains interleaved frame by frame so machine load hits all alike:
-passthrough and landmarks (baselines), tryon with refraction only ("optics"), full tryon (frame +
+passthrough, landmarks and landmarks_mediapipe (baselines; the last tracks with mediapipe's graph
+on every frame, as before stream.landmark_model), tryon with refraction only ("optics"), full tryon (frame +
 tint drawn), remove with a known prescription. Reported: per-frame wall time of the whole
 pipeline and of the filter stage alone (p50/p95), with ratios vs the baselines of the same run.
 Writes benchmarks/results/optics_latency.json.
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from benchmarks.stats import machine_info, summarize, write_json
+from stream.config import TrackerConfig
 from stream.pipeline import FilterSpec, FramePipeline
 
 SHARED_VIDEO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "video"
@@ -30,10 +32,13 @@ OUT = Path(__file__).resolve().parent / "results" / "optics_latency.json"
 CHAINS: dict[str, list[FilterSpec]] = {
     "passthrough": [FilterSpec("passthrough")],
     "landmarks": [FilterSpec("landmarks")],
+    "landmarks_mediapipe": [FilterSpec("landmarks")],
     "tryon_optics": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "draw_frame": False})],
     "tryon_full": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "tint": "#50607080", "gradient": 0.6})],
     "remove": [FilterSpec("remove", {"rx": "-6.00 -1.00 x 20", "fit_frames": 3})],  # fit during warm-up
 }
+
+TRACKERS: dict[str, TrackerConfig] = {"landmarks_mediapipe": TrackerConfig(direct_landmarks=False)}
 
 
 def letterbox(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -62,7 +67,7 @@ def load_frames(clip: str, n: int, width: int, height: int) -> tuple[list[np.nda
 
 def run(clip: str, n: int, warmup: int, width: int, height: int) -> dict[str, Any]:
     frames, fps = load_frames(clip, n + warmup, width, height)
-    pipes = {name: FramePipeline(chain) for name, chain in CHAINS.items()}
+    pipes = {name: FramePipeline(chain, TRACKERS.get(name)) for name, chain in CHAINS.items()}
     total: dict[str, list[float]] = {k: [] for k in pipes}
     stage: dict[str, list[float]] = {k: [] for k in pipes}
     track: dict[str, list[float]] = {k: [] for k in pipes}
@@ -94,6 +99,8 @@ def run(clip: str, n: int, warmup: int, width: int, height: int) -> dict[str, An
     p95 = {k: out["chains"][k]["total_ms"]["p95"] for k in pipes}
     out["ratios_total_p50_vs_landmarks"] = {k: p50[k] / p50["landmarks"] for k in pipes}
     out["ratios_total_p95_vs_landmarks"] = {k: p95[k] / p95["landmarks"] for k in pipes}
+    out["ratios_total_p50_vs_landmarks_mediapipe"] = {k: p50[k] / p50["landmarks_mediapipe"] for k in pipes}
+    out["ratios_total_p95_vs_landmarks_mediapipe"] = {k: p95[k] / p95["landmarks_mediapipe"] for k in pipes}
     out["ratios_total_p50_vs_passthrough"] = {k: p50[k] / p50["passthrough"] for k in pipes}
     out["frames_with_one_face"] = faces_seen
     out["targets"] = {"optics_filter_p50_ms<=5": out["chains"]["tryon_optics"]["filter_ms"]["p50"] <= 5.0,
@@ -117,7 +124,7 @@ def main() -> None:
     write_json(args.out, res)
     for name, r in res["chains"].items():
         t, f = r["total_ms"], r["filter_ms"]
-        print(f"{name:13s} total p50 {t['p50']:6.2f} p95 {t['p95']:6.2f} | filter p50 {f['p50']:6.2f} "
+        print(f"{name:19s} total p50 {t['p50']:6.2f} p95 {t['p95']:6.2f} | filter p50 {f['p50']:6.2f} "
               f"p95 {f['p95']:6.2f} ms | errors {r['errors']}")
     print("targets:", res["targets"], "->", args.out)
 

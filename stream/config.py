@@ -33,6 +33,14 @@ class TrackerConfig:
     # tracks it and the max_faces landmarker looks for more faces every this many frames instead
     # (0: always use the max_faces landmarker).
     search_every_n_frames: int = 30
+    # Follow tracked faces by running the bundle's landmark network directly on last frame's crop
+    # (stream.landmark_model, ~2x faster than mediapipe's graph here); mediapipe then only searches:
+    # first frame, a lost face, and every search_every_n_frames while fewer than max_faces are tracked.
+    # Off, or without ai-edge-litert, or with blendshapes: mediapipe's VIDEO graph on every frame.
+    direct_landmarks: bool = True
+    # XNNPACK threads for that network when no filter network runs beside it (stream.overlap runs
+    # one on the other core; the tracker then takes one thread).
+    landmark_threads: int = 2
 
 
 @dataclass(frozen=True)

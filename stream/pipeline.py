@@ -183,7 +183,8 @@ class FramePipeline:
         errors: list[str] = []
         h, w = image.shape[:2]
         faces: list[Face] = []
-        if plan.early and self._last_faces:  # start networks on the previous frame's faces (stream.overlap)
+        began = bool(plan.early and self._last_faces)
+        if began:  # start networks on the previous frame's faces (stream.overlap)
             predicted = FrameContext(self._index, timestamp_s, self._last_faces, w, h, timings)
             for k in sorted(plan.early):
                 f = chain[k]
@@ -199,6 +200,9 @@ class FramePipeline:
         if any(f.needs_faces for f in chain):
             tracker = self._ensure_tracker()
             if tracker is not None:
+                set_threads = getattr(tracker, "set_threads", None)
+                if set_threads is not None:  # leave the other core to the networks that just began
+                    set_threads(1 if began else self.tracker_config.landmark_threads)
                 t0 = time.perf_counter()
                 try:
                     faces = tracker.track(image, timestamp_s)

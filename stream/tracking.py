@@ -1,4 +1,5 @@
-"""Face and head-pose tracking: mediapipe FaceLandmarker (VIDEO mode) + stable ids + One-Euro."""
+"""Face and head-pose tracking: mediapipe FaceLandmarker finds faces, its landmark network run directly
+follows them (stream.landmark_model, stream.face_geometry), then stable ids + One-Euro."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 
 from stream.config import TrackerConfig
 from stream.face import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, Face
+from stream.face_geometry import load_metadata, transform_matrix
+from stream.landmark_model import LandmarkModel, roi_from_landmarks
 from stream.model_asset import model_path
 from stream.one_euro import OneEuroFilter
 from stream.pose import HeadPose, pose_from_matrix, rotation_gl_from_angles
@@ -128,6 +131,23 @@ class _SearchSchedule:
                 self.multi_mode, self._since_search = False, 0
 
 
+def _same_face(a: RawFace, b: RawFace) -> bool:
+    return bool(np.linalg.norm(a.center - b.center) < 0.5 * max(a.size, b.size))
+
+
+def _raw_faces(result: Any, w: int, h: int) -> list[RawFace]:
+    """mediapipe's FaceLandmarkerResult -> RawFace list (pixels)."""
+    faces = []
+    for i, lms in enumerate(result.face_landmarks):
+        arr = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], dtype=np.float32)
+        mat = np.array(result.facial_transformation_matrixes[i], dtype=np.float64).reshape(4, 4)
+        bs = None
+        if result.face_blendshapes:
+            bs = {c.category_name: float(c.score) for c in result.face_blendshapes[i]}
+        faces.append(RawFace(arr, mat, bs))
+    return faces
+
+
 class FaceTracker:
     """Tracks up to ``config.max_faces`` faces in a video stream. Not thread-safe; close() it."""
 
@@ -139,10 +159,10 @@ class FaceTracker:
         self._mp = mp
         path = model_path(self.config.model_path)
 
-        def landmarker(num_faces: int) -> Any:
+        def landmarker(num_faces: int, mode: Any = vision.RunningMode.VIDEO) -> Any:
             opts = vision.FaceLandmarkerOptions(
                 base_options=BaseOptions(model_asset_path=str(path)),
-                running_mode=vision.RunningMode.VIDEO,
+                running_mode=mode,
                 num_faces=num_faces,
                 min_face_detection_confidence=self.config.min_detection_confidence,
                 min_face_presence_confidence=self.config.min_presence_confidence,
@@ -152,22 +172,55 @@ class FaceTracker:
             )
             return vision.FaceLandmarker.create_from_options(opts)
 
-        self._landmarker = landmarker(self.config.max_faces)
+        self._direct = self._direct_model(path)
+        self._image_search = self._direct is not None  # fixed for the tracker's life, even if _direct fails
         self._single = None
-        if self.config.max_faces > 1 and self.config.search_every_n_frames > 0:
-            self._single = landmarker(1)
+        if self._image_search:
+            # Searches only: stateless, the detector runs on every call.
+            self._landmarker = landmarker(self.config.max_faces, vision.RunningMode.IMAGE)
+        else:
+            self._landmarker = landmarker(self.config.max_faces)
+            if self.config.max_faces > 1 and self.config.search_every_n_frames > 0:
+                self._single = landmarker(1)
         self._search = _SearchSchedule(self.config.search_every_n_frames)
-        self.calls = {"single": 0, "multi": 0}  # landmarker runs, for tests and benchmarks
+        # landmarker runs, for tests and benchmarks: mediapipe with one / max faces, the direct network
+        self.calls = {"single": 0, "multi": 0, "direct": 0}
+        self._previous: list[RawFace] = []  # last frame's raw faces: the direct network's crops
+        self._since_search = 0
         self._tracks: list[_Track] = []
         self._next_id = 0
         self._last_ts_ms = -1
         self._last_track_s: float | None = None
+
+    def _direct_model(self, path: Any) -> LandmarkModel | None:
+        cfg = self.config
+        if not cfg.direct_landmarks or cfg.blendshapes:  # the direct path has no blendshape network
+            return None
+        try:
+            model = LandmarkModel(path, cfg.landmark_threads)
+            self._geometry = load_metadata(path)
+        except Exception as e:  # e.g. ai-edge-litert missing: mediapipe's graph does every frame
+            log.warning("direct landmark network unavailable (%s); mediapipe tracks every frame", e)
+            return None
+        return model
+
+    @property
+    def direct(self) -> bool:
+        """Whether tracked faces are followed by the landmark network run directly."""
+        return self._direct is not None
+
+    def set_threads(self, threads: int) -> None:
+        """Threads for the direct landmark network (the pipeline lowers it while networks run beside)."""
+        if self._direct is not None:
+            self._direct.set_threads(threads)
 
     def close(self) -> None:
         for lm in (self._landmarker, self._single):
             if lm is not None:
                 lm.close()
         self._landmarker = self._single = None
+        if self._direct is not None:
+            self._direct.close()
 
     def __enter__(self) -> FaceTracker:
         return self
@@ -176,28 +229,67 @@ class FaceTracker:
         self.close()
 
     def detect(self, image: np.ndarray, timestamp_ms: int) -> list[RawFace]:
-        """Raw landmarker output for one frame (timestamps are forced strictly increasing)."""
+        """Raw landmarks for one frame (timestamps are forced strictly increasing)."""
         if self._landmarker is None:
             raise RuntimeError("FaceTracker is closed")
         rgb = as_rgb(image)
-        h, w = rgb.shape[:2]
         ts = max(int(timestamp_ms), self._last_ts_ms + 1)
         self._last_ts_ms = ts
+        if not self._image_search:
+            return self._detect_mediapipe(rgb, ts)
+        self._since_search += 1
+        kept, complete = [], False
+        if self._previous and self._direct is not None:
+            try:
+                kept, complete = self._follow(rgb)
+                self.calls["direct"] += 1
+            except Exception:  # the stream goes on: mediapipe finds the faces on every frame instead
+                log.exception("direct landmark network failed; mediapipe tracks every frame from now on")
+                self._direct.close()
+                self._direct = None
+        if complete and not self._search_due():
+            self._previous = kept
+            return kept
+        # Search: a face was lost, or one more may have come. Faces still followed keep their direct
+        # landmarks (no step between mediapipe's and ours); mediapipe adds only the faces not yet held.
+        self._since_search = 0
+        self.calls["multi"] += 1
+        result = self._landmarker.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb))
+        found = _raw_faces(result, rgb.shape[1], rgb.shape[0])
+        new = [f for f in found if not any(_same_face(f, k) for k in kept)]
+        self._previous = (kept + new)[: self.config.max_faces]
+        return self._previous
+
+    def _search_due(self) -> bool:
+        """Look for faces not yet tracked: periodically, while fewer than max_faces are."""
+        cfg = self.config
+        return len(self._previous) < cfg.max_faces and self._since_search >= cfg.search_every_n_frames
+
+    def _follow(self, rgb: np.ndarray) -> tuple[list[RawFace], bool]:
+        """Last frame's faces re-measured on crops around them, and whether all of them were: a face
+        is gone when its presence falls below threshold, or when its crop converged on another face."""
+        h, w = rgb.shape[:2]
+        assert self._direct is not None
+        out: list[RawFace] = []
+        for prev in self._previous:
+            lms, presence = self._direct.run(rgb, roi_from_landmarks(prev.landmarks_px))
+            if presence < self.config.min_presence_confidence:
+                continue
+            normalised = lms / np.array([w, h, w], dtype=np.float32)
+            face = RawFace(lms, transform_matrix(normalised, w, h, self._geometry))
+            if not any(_same_face(face, o) for o in out):
+                out.append(face)
+        return out, len(out) == len(self._previous)
+
+    def _detect_mediapipe(self, rgb: np.ndarray, ts: int) -> list[RawFace]:
+        """mediapipe's VIDEO graph on every frame (the path without the direct network)."""
         use_multi = self._single is None or self._search.use_multi()
         self.calls["multi" if use_multi else "single"] += 1
         landmarker = self._landmarker if use_multi else self._single
         result = landmarker.detect_for_video(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb), ts)
         if self._single is not None:
             self._search.observe(len(result.face_landmarks), used_multi=use_multi)
-        faces = []
-        for i, lms in enumerate(result.face_landmarks):
-            arr = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], dtype=np.float32)
-            mat = np.array(result.facial_transformation_matrixes[i], dtype=np.float64).reshape(4, 4)
-            bs = None
-            if result.face_blendshapes:
-                bs = {c.category_name: float(c.score) for c in result.face_blendshapes[i]}
-            faces.append(RawFace(arr, mat, bs))
-        return faces
+        return _raw_faces(result, rgb.shape[1], rgb.shape[0])
 
     def track(self, image: np.ndarray, timestamp_s: float) -> list[Face]:
         """Smoothed faces with stable ids for a frame taken at ``timestamp_s``."""

@@ -37,13 +37,42 @@ def test_schedule_stays_on_max_faces_while_two_are_seen() -> None:
 
 def test_one_face_clip_mostly_uses_the_one_face_landmarker(clip_frames, landmarker_model) -> None:
     clip = clip_frames("liveportrait_d12", n=90)
-    cfg = TrackerConfig(max_faces=2, search_every_n_frames=30, model_path=str(landmarker_model))
+    cfg = TrackerConfig(
+        max_faces=2, search_every_n_frames=30, model_path=str(landmarker_model), direct_landmarks=False
+    )
     with FaceTracker(cfg) as tracker:
         found = [len(tracker.track(f, t)) for f, t in zip(clip.frames, clip.times_s, strict=True)]
         calls = dict(tracker.calls)
     assert found == [1] * 90
     assert calls["multi"] <= _SearchSchedule.SETTLE_FRAMES + 90 // 30
-    assert calls["single"] == 90 - calls["multi"]
+    assert calls["single"] == 90 - calls["multi"] and calls["direct"] == 0
+
+
+def test_direct_network_follows_the_face_and_mediapipe_only_searches(clip_frames, landmarker_model) -> None:
+    clip = clip_frames("liveportrait_d12", n=90)
+    cfg = TrackerConfig(max_faces=2, search_every_n_frames=30, model_path=str(landmarker_model))
+    with FaceTracker(cfg) as tracker:
+        assert tracker.direct
+        found = [len(tracker.track(f, t)) for f, t in zip(clip.frames, clip.times_s, strict=True)]
+        calls = dict(tracker.calls)
+    assert found == [1] * 90
+    assert calls["multi"] == 90 // 30  # frames 0, 30, 60: fewer faces than max_faces, so it looks
+    assert calls["direct"] == 89 and calls["single"] == 0  # the face is followed from frame 1 on
+
+
+def test_one_face_tracker_searches_only_when_the_face_is_lost(clip_frames, landmarker_model) -> None:
+    clip = clip_frames("liveportrait_d12", n=40)
+    blank = np.full_like(clip.frames[0], 127)
+    cfg = TrackerConfig(max_faces=1, search_every_n_frames=5, model_path=str(landmarker_model))
+    with FaceTracker(cfg) as tracker:
+        counts = [len(tracker.track(f, i / 25.0)) for i, f in enumerate(clip.frames[:20])]
+        assert tracker.calls["multi"] == 1  # max_faces already tracked: no periodic search
+        counts += [len(tracker.track(blank, (20 + i) / 25.0)) for i in range(3)]
+        searches_while_gone = tracker.calls["multi"] - 1
+        counts += [len(tracker.track(f, (23 + i) / 25.0)) for i, f in enumerate(clip.frames[23:])]
+    assert counts[:20] == [1] * 20 and counts[20:23] == [0, 0, 0]
+    assert searches_while_gone == 3  # presence drops on the blank frame: mediapipe searches at once
+    assert all(c == 1 for c in counts[23:])
 
 
 def test_second_face_appearing_is_found_within_one_search_period(clip_frames, landmarker_model) -> None:
@@ -60,3 +89,18 @@ def test_second_face_appearing_is_found_within_one_search_period(clip_frames, la
     first_two = counts.index(2)
     assert 15 <= first_two <= 15 + 10
     assert all(c == 2 for c in counts[first_two:])
+
+
+def test_a_failing_direct_network_hands_every_frame_to_mediapipe(clip_frames, landmarker_model) -> None:
+    clip = clip_frames("liveportrait_d12", n=8)
+    cfg = TrackerConfig(max_faces=1, model_path=str(landmarker_model))
+    with FaceTracker(cfg) as tracker:
+        counts = [len(tracker.track(f, i / 25.0)) for i, f in enumerate(clip.frames[:3])]
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("interpreter gone")
+
+        tracker._direct.run = broken  # type: ignore[union-attr, method-assign]
+        counts += [len(tracker.track(f, (3 + i) / 25.0)) for i, f in enumerate(clip.frames[3:])]
+        assert not tracker.direct and tracker.calls["multi"] == 1 + 5
+    assert counts == [1] * 8

@@ -47,9 +47,23 @@ class Invert(Filter):
         return 255 - image
 
 
+class Early(Filter):
+    """A network that starts beside the tracker on the previous frame's faces (stream.overlap)."""
+
+    name = "early"
+    needs_faces = True
+
+    @property
+    def can_begin(self) -> bool:
+        return True
+
+    def apply(self, image: np.ndarray, ctx: FrameContext) -> np.ndarray:
+        return image
+
+
 @pytest.fixture(autouse=True)
 def test_filters(monkeypatch):
-    for cls in (Boom, WrongShape, Invert):
+    for cls in (Boom, WrongShape, Invert, Early):
         monkeypatch.setitem(registry.REGISTRY, cls.name, cls)
 
 
@@ -130,6 +144,33 @@ def test_timings_per_stage_and_tracking_only_when_needed(frame):
     _, res = pipe.process(frame, 0.04)
     assert set(res.timings_ms) == {"track", "landmarks"} and res.faces == []
     assert pipe._tracker.calls == 1
+
+
+class ThreadedTracker(FakeTracker):
+    """Finds one face and records the thread counts the pipeline gives it."""
+
+    def __init__(self, cfg: TrackerConfig) -> None:
+        super().__init__(cfg)
+        self.threads: list[int] = []
+
+    def set_threads(self, n: int) -> None:
+        self.threads.append(n)
+
+    def track(self, image: np.ndarray, timestamp_s: float) -> list:
+        super().track(image, timestamp_s)
+        return ["face"]
+
+
+@pytest.mark.parametrize(("chain", "overlap", "expected"), [
+    ("early", True, [3, 1, 1]),  # a network began on frames 1 and 2: the tracker leaves it a core
+    ("early", False, [3, 3, 3]),
+    ("landmarks", True, [3, 3, 3]),  # nothing runs beside the tracker: all its threads
+])
+def test_tracker_threads_follow_what_runs_beside_it(frame, chain, overlap, expected):
+    pipe = FramePipeline(chain, TrackerConfig(landmark_threads=3), tracker_factory=ThreadedTracker, overlap=overlap)
+    for i in range(3):
+        pipe.process(frame, i / 30)
+    assert pipe._tracker.threads == expected
 
 
 def test_tracker_that_fails_to_load(frame):

@@ -152,6 +152,7 @@ def build_clip_cache(video: Path, cfg: DataConfig) -> Path:
     import av
 
     from models.align import align
+    from stream.config import TrackerConfig
     from stream.tracking import FaceTracker
 
     out = clip_cache_dir(video, cfg)
@@ -166,7 +167,9 @@ def build_clip_cache(video: Path, cfg: DataConfig) -> Path:
     log.info("tracking %s (%d frames) into %s", video.name, n_total, out)
     faces: list[Any] = []
     entries: list[dict[str, Any]] = []
-    with av.open(str(video)) as c, FaceTracker() as tracker:
+    # mediapipe's graph on every frame, as when the shipped weights were trained: same crops, same weights.
+    tracker_cfg = TrackerConfig(direct_landmarks=False)
+    with av.open(str(video)) as c, FaceTracker(tracker_cfg) as tracker:
         stream = c.streams.video[0]
         for i, frame in enumerate(c.decode(stream)):
             rgb = frame.to_ndarray(format="rgb24")
