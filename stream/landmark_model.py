@@ -4,8 +4,8 @@ directly (LiteRT) on a crop around the previous frame's landmarks.
 mediapipe's Tasks graph spends ~16 ms per frame here; its landmark network alone takes ~7 ms, and the
 crop, the network and the projection back ~9 ms. The crop follows mediapipe's own tracking rule
 (``FaceLandmarksToRoi``): the landmarks' bounding box, squared on its long side, scaled by 1.5 and
-rotated so that the outer eye corners are level. Finding a face that is not yet tracked stays with
-mediapipe (its detector), see ``stream.tracking``.
+rotated so that the outer eye corners are level. A face not yet tracked is found by mediapipe's face
+detector; its first crop follows mediapipe's rule for detections (``roi_from_detection``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from stream.face import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
 MODEL_MEMBER = "face_landmarks_detector.tflite"  # inside face_landmarker.task (a zip)
+DETECTOR_MEMBER = "face_detector.tflite"
 INPUT_SIZE = 256
 ROI_SCALE = 1.5
 
@@ -43,6 +44,17 @@ def roi_from_landmarks(landmarks_px: np.ndarray, scale: float = ROI_SCALE) -> Ro
     angle = float(np.arctan2(b[1] - a[1], b[0] - a[0]))
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return Roi(center=(lo + hi) / 2.0, side=float((hi - lo).max() * scale), angle=angle)
+
+
+def roi_from_detection(box_xywh: tuple[float, float, float, float], eyes_px: np.ndarray,
+                       scale: float = ROI_SCALE) -> Roi:
+    """mediapipe's first crop for a face its detector found: the box squared on its long side, x1.5,
+    eyes level (detector keypoints 0 and 1: image-left eye, image-right eye). Matches mediapipe's own
+    landmarks from that crop to 0.3 px median (its box arrives rounded to whole pixels)."""
+    x, y, w, h = box_xywh
+    a, b = np.asarray(eyes_px, dtype=np.float64)[:2]
+    angle = float(np.arctan2(b[1] - a[1], b[0] - a[0]))
+    return Roi(center=np.array([x + w / 2.0, y + h / 2.0]), side=float(max(w, h) * scale), angle=angle)
 
 
 def crop_to_image(roi: Roi, size: int = INPUT_SIZE) -> np.ndarray:
@@ -76,9 +88,9 @@ def project_to_image(crop_landmarks: np.ndarray, roi: Roi, size: int = INPUT_SIZ
     return out
 
 
-def read_model(task_path: str | Path) -> bytes:
+def read_model(task_path: str | Path, member: str = MODEL_MEMBER) -> bytes:
     with zipfile.ZipFile(task_path) as z:
-        return z.read(MODEL_MEMBER)
+        return z.read(member)
 
 
 class LandmarkModel:

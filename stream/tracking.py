@@ -12,7 +12,14 @@ import numpy as np
 from stream.config import TrackerConfig
 from stream.face import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, Face
 from stream.face_geometry import load_metadata, transform_matrix
-from stream.landmark_model import LandmarkModel, roi_from_landmarks
+from stream.landmark_model import (
+    DETECTOR_MEMBER,
+    LandmarkModel,
+    Roi,
+    read_model,
+    roi_from_detection,
+    roi_from_landmarks,
+)
 from stream.model_asset import model_path
 from stream.one_euro import OneEuroFilter
 from stream.pose import HeadPose, pose_from_matrix, rotation_gl_from_angles
@@ -172,19 +179,28 @@ class FaceTracker:
             )
             return vision.FaceLandmarker.create_from_options(opts)
 
+        self._make_landmarker = landmarker
         self._direct = self._direct_model(path)
         self._image_search = self._direct is not None  # fixed for the tracker's life, even if _direct fails
-        self._single = None
+        self._landmarker: Any = None
+        self._single: Any = None
+        self._detector: Any = None
         if self._image_search:
-            # Searches only: stateless, the detector runs on every call.
-            self._landmarker = landmarker(self.config.max_faces, vision.RunningMode.IMAGE)
+            # Searches only, stateless: mediapipe's face detector finds faces, the direct network measures them.
+            self._detector = vision.FaceDetector.create_from_options(vision.FaceDetectorOptions(
+                base_options=BaseOptions(model_asset_buffer=read_model(path, DETECTOR_MEMBER)),
+                running_mode=vision.RunningMode.IMAGE,
+                min_detection_confidence=self.config.min_detection_confidence,
+            ))
         else:
             self._landmarker = landmarker(self.config.max_faces)
             if self.config.max_faces > 1 and self.config.search_every_n_frames > 0:
                 self._single = landmarker(1)
+        self._closed = False
         self._search = _SearchSchedule(self.config.search_every_n_frames)
-        # landmarker runs, for tests and benchmarks: mediapipe with one / max faces, the direct network
-        self.calls = {"single": 0, "multi": 0, "direct": 0}
+        # For tests and benchmarks: mediapipe's VIDEO graph with one / max faces; the direct network
+        # following faces; searches for faces not yet followed (detector, or whole landmarker).
+        self.calls = {"single": 0, "multi": 0, "direct": 0, "search": 0}
         self._previous: list[RawFace] = []  # last frame's raw faces: the direct network's crops
         self._since_search = 0
         self._tracks: list[_Track] = []
@@ -215,12 +231,13 @@ class FaceTracker:
             self._direct.set_threads(threads)
 
     def close(self) -> None:
-        for lm in (self._landmarker, self._single):
-            if lm is not None:
-                lm.close()
-        self._landmarker = self._single = None
+        for task in (self._landmarker, self._single, self._detector):
+            if task is not None:
+                task.close()
+        self._landmarker = self._single = self._detector = None
         if self._direct is not None:
             self._direct.close()
+        self._closed = True
 
     def __enter__(self) -> FaceTracker:
         return self
@@ -230,34 +247,38 @@ class FaceTracker:
 
     def detect(self, image: np.ndarray, timestamp_ms: int) -> list[RawFace]:
         """Raw landmarks for one frame (timestamps are forced strictly increasing)."""
-        if self._landmarker is None:
+        if self._closed:
             raise RuntimeError("FaceTracker is closed")
         rgb = as_rgb(image)
         ts = max(int(timestamp_ms), self._last_ts_ms + 1)
         self._last_ts_ms = ts
         if not self._image_search:
             return self._detect_mediapipe(rgb, ts)
+        try:
+            return self._detect_direct(rgb)
+        except Exception:
+            if self._direct is None:
+                raise
+            # The stream goes on: mediapipe's whole landmarker finds the faces on every frame instead.
+            log.exception("direct landmark network failed; mediapipe's landmarker tracks every frame from now on")
+            self._direct.close()
+            self._direct, self._previous = None, []
+            return self._detect_direct(rgb)
+
+    def _detect_direct(self, rgb: np.ndarray) -> list[RawFace]:
         self._since_search += 1
         kept, complete = [], False
         if self._previous and self._direct is not None:
-            try:
-                kept, complete = self._follow(rgb)
-                self.calls["direct"] += 1
-            except Exception:  # the stream goes on: mediapipe finds the faces on every frame instead
-                log.exception("direct landmark network failed; mediapipe tracks every frame from now on")
-                self._direct.close()
-                self._direct = None
+            kept, complete = self._follow(rgb)
+            self.calls["direct"] += 1
         if complete and not self._search_due():
             self._previous = kept
             return kept
         # Search: a face was lost, or one more may have come. Faces still followed keep their direct
-        # landmarks (no step between mediapipe's and ours); mediapipe adds only the faces not yet held.
+        # landmarks (no step on a search frame); the search adds only faces not yet held.
         self._since_search = 0
-        self.calls["multi"] += 1
-        result = self._landmarker.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb))
-        found = _raw_faces(result, rgb.shape[1], rgb.shape[0])
-        new = [f for f in found if not any(_same_face(f, k) for k in kept)]
-        self._previous = (kept + new)[: self.config.max_faces]
+        self.calls["search"] += 1
+        self._previous = (kept + self._search_new(rgb, kept))[: self.config.max_faces]
         return self._previous
 
     def _search_due(self) -> bool:
@@ -265,21 +286,48 @@ class FaceTracker:
         cfg = self.config
         return len(self._previous) < cfg.max_faces and self._since_search >= cfg.search_every_n_frames
 
+    def _measure(self, rgb: np.ndarray, roi: Roi) -> RawFace | None:
+        """The direct network on one crop; None when no face is there (presence below threshold)."""
+        assert self._direct is not None
+        h, w = rgb.shape[:2]
+        lms, presence = self._direct.run(rgb, roi)
+        if presence < self.config.min_presence_confidence:
+            return None
+        return RawFace(lms, transform_matrix(lms / np.array([w, h, w], dtype=np.float32), w, h, self._geometry))
+
     def _follow(self, rgb: np.ndarray) -> tuple[list[RawFace], bool]:
         """Last frame's faces re-measured on crops around them, and whether all of them were: a face
         is gone when its presence falls below threshold, or when its crop converged on another face."""
-        h, w = rgb.shape[:2]
-        assert self._direct is not None
         out: list[RawFace] = []
         for prev in self._previous:
-            lms, presence = self._direct.run(rgb, roi_from_landmarks(prev.landmarks_px))
-            if presence < self.config.min_presence_confidence:
-                continue
-            normalised = lms / np.array([w, h, w], dtype=np.float32)
-            face = RawFace(lms, transform_matrix(normalised, w, h, self._geometry))
-            if not any(_same_face(face, o) for o in out):
+            face = self._measure(rgb, roi_from_landmarks(prev.landmarks_px))
+            if face is not None and not any(_same_face(face, o) for o in out):
                 out.append(face)
         return out, len(out) == len(self._previous)
+
+    def _search_new(self, rgb: np.ndarray, kept: list[RawFace]) -> list[RawFace]:
+        """Faces not in ``kept``: mediapipe's detector, each new face measured by the direct network on
+        mediapipe's crop for a detection; mediapipe's whole landmarker once the direct network failed."""
+        h, w = rgb.shape[:2]
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb)
+        if self._direct is None:
+            if self._landmarker is None:
+                self._landmarker = self._make_landmarker(self.config.max_faces, self._mp.tasks.vision.RunningMode.IMAGE)
+            found = _raw_faces(self._landmarker.detect(image), w, h)
+            return [f for f in found if not any(_same_face(f, k) for k in kept)]
+        new: list[RawFace] = []
+        for det in self._detector.detect(image).detections:
+            if len(kept) + len(new) >= self.config.max_faces:
+                break
+            b = det.bounding_box
+            centre = np.array([b.origin_x + b.width / 2.0, b.origin_y + b.height / 2.0])
+            if any(np.linalg.norm(centre - f.center) < 0.5 * max(f.size, 1.0) for f in kept + new):
+                continue  # already held: skip the network
+            eyes = np.array([(k.x * w, k.y * h) for k in det.keypoints[:2]])
+            face = self._measure(rgb, roi_from_detection((b.origin_x, b.origin_y, b.width, b.height), eyes))
+            if face is not None and not any(_same_face(face, f) for f in kept + new):
+                new.append(face)
+        return new
 
     def _detect_mediapipe(self, rgb: np.ndarray, ts: int) -> list[RawFace]:
         """mediapipe's VIDEO graph on every frame (the path without the direct network)."""

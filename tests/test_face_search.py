@@ -56,8 +56,9 @@ def test_direct_network_follows_the_face_and_mediapipe_only_searches(clip_frames
         found = [len(tracker.track(f, t)) for f, t in zip(clip.frames, clip.times_s, strict=True)]
         calls = dict(tracker.calls)
     assert found == [1] * 90
-    assert calls["multi"] == 90 // 30  # frames 0, 30, 60: fewer faces than max_faces, so it looks
-    assert calls["direct"] == 89 and calls["single"] == 0  # the face is followed from frame 1 on
+    assert calls["search"] == 90 // 30  # frames 0, 30, 60: fewer faces than max_faces, so it looks
+    assert calls["direct"] == 89  # the face is followed from frame 1 on
+    assert calls["single"] == calls["multi"] == 0  # mediapipe's landmarker graph never runs
 
 
 def test_one_face_tracker_searches_only_when_the_face_is_lost(clip_frames, landmarker_model) -> None:
@@ -66,9 +67,9 @@ def test_one_face_tracker_searches_only_when_the_face_is_lost(clip_frames, landm
     cfg = TrackerConfig(max_faces=1, search_every_n_frames=5, model_path=str(landmarker_model))
     with FaceTracker(cfg) as tracker:
         counts = [len(tracker.track(f, i / 25.0)) for i, f in enumerate(clip.frames[:20])]
-        assert tracker.calls["multi"] == 1  # max_faces already tracked: no periodic search
+        assert tracker.calls["search"] == 1  # max_faces already tracked: no periodic search
         counts += [len(tracker.track(blank, (20 + i) / 25.0)) for i in range(3)]
-        searches_while_gone = tracker.calls["multi"] - 1
+        searches_while_gone = tracker.calls["search"] - 1
         counts += [len(tracker.track(f, (23 + i) / 25.0)) for i, f in enumerate(clip.frames[23:])]
     assert counts[:20] == [1] * 20 and counts[20:23] == [0, 0, 0]
     assert searches_while_gone == 3  # presence drops on the blank frame: mediapipe searches at once
@@ -102,5 +103,5 @@ def test_a_failing_direct_network_hands_every_frame_to_mediapipe(clip_frames, la
 
         tracker._direct.run = broken  # type: ignore[union-attr, method-assign]
         counts += [len(tracker.track(f, (3 + i) / 25.0)) for i, f in enumerate(clip.frames[3:])]
-        assert not tracker.direct and tracker.calls["multi"] == 1 + 5
+        assert not tracker.direct and tracker.calls["search"] == 1 + 5
     assert counts == [1] * 8
