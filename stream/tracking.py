@@ -181,11 +181,11 @@ class FaceTracker:
 
         self._make_landmarker = landmarker
         self._direct = self._direct_model(path)
-        self._image_search = self._direct is not None  # fixed for the tracker's life, even if _direct fails
+        self._direct_mode = self._direct is not None  # fixed for the tracker's life, even if _direct fails
         self._landmarker: Any = None
         self._single: Any = None
         self._detector: Any = None
-        if self._image_search:
+        if self._direct_mode:
             # Searches only, stateless: mediapipe's face detector finds faces, the direct network measures them.
             self._detector = vision.FaceDetector.create_from_options(vision.FaceDetectorOptions(
                 base_options=BaseOptions(model_asset_buffer=read_model(path, DETECTOR_MEMBER)),
@@ -252,7 +252,7 @@ class FaceTracker:
         rgb = as_rgb(image)
         ts = max(int(timestamp_ms), self._last_ts_ms + 1)
         self._last_ts_ms = ts
-        if not self._image_search:
+        if not self._direct_mode:
             return self._detect_mediapipe(rgb, ts)
         try:
             return self._detect_direct(rgb)
