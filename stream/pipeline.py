@@ -153,6 +153,13 @@ class FramePipeline:
                     out[name if name not in out else f"{name}#{len(out)}"] = {"filter": f.name, **info}
             except Exception as e:  # stats must never break the stream
                 log.warning("filter %s: model status unavailable: %s", f.name, e)
+        tracker = self._tracker
+        describe = getattr(tracker, "describe", None)
+        if describe is not None:
+            try:
+                out["face_landmarks"] = {"filter": "track", **describe()}
+            except Exception as e:
+                log.warning("tracker status unavailable: %s", e)
         return out
 
     def describe_chain(self) -> list[dict[str, Any]]:

@@ -197,11 +197,13 @@ class FaceTracker:
             if self.config.max_faces > 1 and self.config.search_every_n_frames > 0:
                 self._single = landmarker(1)
         self._closed = False
+        log.info("face tracker: %s", self.describe())
         self._search = _SearchSchedule(self.config.search_every_n_frames)
         # For tests and benchmarks: mediapipe's VIDEO graph with one / max faces; the direct network
         # following faces; searches for faces not yet followed (detector, or whole landmarker).
         self.calls = {"single": 0, "multi": 0, "direct": 0, "search": 0}
         self._previous: list[RawFace] = []  # last frame's raw faces: the direct network's crops
+        self._previous_shape: tuple[int, ...] = ()
         self._since_search = 0
         self._tracks: list[_Track] = []
         self._next_id = 0
@@ -224,6 +226,14 @@ class FaceTracker:
     def direct(self) -> bool:
         """Whether tracked faces are followed by the landmark network run directly."""
         return self._direct is not None
+
+    def describe(self) -> dict[str, Any]:
+        """What measures the landmarks, for the stats overlay (as the filters' models are described)."""
+        if self._direct is not None:
+            return {"state": "ready", "backend": "litert", "device": "cpu", "precision": "fp32",
+                    "threads": self._direct.threads, "search": "mediapipe face detector"}
+        graph = "FaceLandmarker IMAGE (direct network failed)" if self._direct_mode else "FaceLandmarker VIDEO"
+        return {"state": "ready", "backend": "mediapipe", "device": "cpu", "precision": "fp32", "graph": graph}
 
     def set_threads(self, threads: int) -> None:
         """Threads for the direct landmark network (the pipeline lowers it while networks run beside)."""
@@ -267,6 +277,8 @@ class FaceTracker:
 
     def _detect_direct(self, rgb: np.ndarray) -> list[RawFace]:
         self._since_search += 1
+        if rgb.shape[:2] != self._previous_shape:  # last frame's crops mean nothing in a resized stream
+            self._previous, self._previous_shape = [], rgb.shape[:2]
         kept, complete = [], False
         if self._previous and self._direct is not None:
             kept, complete = self._follow(rgb)

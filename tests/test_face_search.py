@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream.config import TrackerConfig
-from stream.tracking import FaceTracker, _SearchSchedule
+from stream.tracking import FaceTracker, RawFace, _SearchSchedule
 
 
 def test_schedule_starts_searching_settles_then_searches_periodically() -> None:
@@ -52,7 +52,7 @@ def test_direct_network_follows_the_face_and_mediapipe_only_searches(clip_frames
     clip = clip_frames("liveportrait_d12", n=90)
     cfg = TrackerConfig(max_faces=2, search_every_n_frames=30, model_path=str(landmarker_model))
     with FaceTracker(cfg) as tracker:
-        assert tracker.direct
+        assert tracker.direct and tracker.describe()["backend"] == "litert"
         found = [len(tracker.track(f, t)) for f, t in zip(clip.frames, clip.times_s, strict=True)]
         calls = dict(tracker.calls)
     assert found == [1] * 90
@@ -104,4 +104,37 @@ def test_a_failing_direct_network_hands_every_frame_to_mediapipe(clip_frames, la
         tracker._direct.run = broken  # type: ignore[union-attr, method-assign]
         counts += [len(tracker.track(f, (3 + i) / 25.0)) for i, f in enumerate(clip.frames[3:])]
         assert not tracker.direct and tracker.calls["search"] == 1 + 5
+        assert tracker.describe()["backend"] == "mediapipe" and "failed" in tracker.describe()["graph"]
     assert counts == [1] * 8
+
+
+def test_a_resized_stream_searches_again_and_keeps_the_face(clip_frames, landmarker_model) -> None:
+    import cv2
+
+    clip = clip_frames("liveportrait_d3", n=16)
+    cfg = TrackerConfig(max_faces=1, model_path=str(landmarker_model), smoothing=False)
+    with FaceTracker(cfg) as tracker:
+        big = [tracker.track(f, i / 25.0) for i, f in enumerate(clip.frames[:8])]
+        small = [cv2.resize(f, (333, 251)) for f in clip.frames[8:]]  # odd size, another aspect
+        faces = [tracker.track(f, (8 + i) / 25.0) for i, f in enumerate(small)]
+        assert tracker.calls["search"] == 2  # the first frame, and the first resized one
+    with FaceTracker(cfg) as fresh:  # the resized frames as a stream of their own
+        alone = [fresh.track(f, (8 + i) / 25.0) for i, f in enumerate(small)]
+    assert all(len(f) == 1 for f in big + faces + alone)
+    for f, g in zip(faces, alone, strict=True):
+        assert f[0].image_size == (333, 251)
+        assert np.median(np.linalg.norm(f[0].landmarks_px[:, :2] - g[0].landmarks_px[:, :2], axis=1)) < 1.0
+
+
+def test_two_crops_that_converge_on_one_face_keep_one_and_search(clip_frames, landmarker_model) -> None:
+    clip = clip_frames("liveportrait_d3", n=4)
+    cfg = TrackerConfig(max_faces=2, model_path=str(landmarker_model))
+    with FaceTracker(cfg) as tracker:
+        tracker.detect(clip.frames[0], 0)
+        (face,) = tracker._previous
+        shifted = RawFace(face.landmarks_px + np.float32([6.0, 4.0, 0.0]), face.matrix_gl)
+        tracker._previous = [face, shifted]  # a second track right beside the first: both crops find one face
+        searches = tracker.calls["search"]
+        found = tracker.detect(clip.frames[1], 40)
+        assert tracker.calls["search"] == searches + 1  # a face went missing from the follow: look again
+    assert len(found) == 1

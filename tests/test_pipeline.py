@@ -156,6 +156,9 @@ class ThreadedTracker(FakeTracker):
     def set_threads(self, n: int) -> None:
         self.threads.append(n)
 
+    def describe(self) -> dict:
+        return {"state": "ready", "backend": "litert", "threads": self.threads[-1]}
+
     def track(self, image: np.ndarray, timestamp_s: float) -> list:
         super().track(image, timestamp_s)
         return ["face"]
@@ -171,6 +174,8 @@ def test_tracker_threads_follow_what_runs_beside_it(frame, chain, overlap, expec
     for i in range(3):
         pipe.process(frame, i / 30)
     assert pipe._tracker.threads == expected
+    assert pipe.models()["face_landmarks"] == {"filter": "track", "state": "ready", "backend": "litert",
+                                               "threads": expected[-1]}  # the stats overlay shows it
 
 
 def test_tracker_that_fails_to_load(frame):
