@@ -9,10 +9,10 @@ RGB -> YUV, and encoding with aiortc's own VP8 and H.264 encoders (its realtime/
 settings, packetisation included). Chains run interleaved on the same frames, in a rotating order,
 so a machine that others are loading affects every chain alike and the ratios stay meaningful.
 
-Also: the landmarker with max_faces=1, 2 (the default search schedule) and 2 searching on every frame.
-mediapipe re-runs its face detector on every frame while it tracks fewer faces than max_faces, so with
-one person in view a plain max_faces=2 pays for detection each frame; the JSON quantifies that against
-the 15 ms budget, and what the schedule (one-face landmarker, search every 30 frames) saves.
+Also the tracker alone, same frames: max_faces=1; max_faces=2 with the default search schedule (while
+fewer faces than max_faces are tracked, mediapipe's detector looks for more every 30 frames) and
+searching on every frame; and max_faces=1 with mediapipe's landmarker graph on every frame (the tracker
+before stream.landmark_model), against the 15 ms budget.
 """
 
 from __future__ import annotations
