@@ -2,10 +2,11 @@
 directly (LiteRT) on a crop around the previous frame's landmarks.
 
 mediapipe's Tasks graph spends ~16.5 ms per frame here (one thread, and ~2 ms of it turning results into
-Python objects); the network alone takes ~7 ms on one thread and ~5 on two. The crop follows mediapipe's own tracking rule
-(``FaceLandmarksToRoi``): the landmarks' bounding box, squared on its long side, scaled by 1.5 and
-rotated so that the outer eye corners are level. A face not yet tracked is found by mediapipe's face
-detector; its first crop follows mediapipe's rule for detections (``roi_from_detection``).
+Python objects); the network alone takes ~7 ms on one thread and ~5 on two. The crop follows
+mediapipe's own tracking rule (``FaceLandmarksToRoi``): the landmarks' bounding box, squared on its
+long side, scaled by 1.5 and rotated so that the outer eye corners are level. A face not yet tracked
+is found by mediapipe's face detector; its first crop follows mediapipe's rule for detections
+(``roi_from_detection``).
 """
 
 from __future__ import annotations
