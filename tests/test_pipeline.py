@@ -178,6 +178,23 @@ def test_tracker_threads_follow_what_runs_beside_it(frame, chain, overlap, expec
                                                "threads": expected[-1]}  # the stats overlay shows it
 
 
+def test_a_tracker_takes_one_thread_while_another_stream_is_processed(frame):
+    other = FramePipeline("landmarks", TrackerConfig(landmark_threads=3), tracker_factory=ThreadedTracker)
+
+    class Nested(ThreadedTracker):
+        def track(self, image: np.ndarray, timestamp_s: float) -> list:
+            other.process(image, timestamp_s)  # another stream's frame while this one is tracked
+            return super().track(image, timestamp_s)
+
+    pipe = FramePipeline("landmarks", TrackerConfig(landmark_threads=3), tracker_factory=Nested)
+    pipe.process(frame, 0.0)
+    pipe.process(frame, 0.04)
+    assert pipe._tracker.threads == [3, 3]  # alone when it was told
+    assert other._tracker.threads == [1, 1]  # told while ``pipe`` was inside process()
+    other.process(frame, 0.08)
+    assert other._tracker.threads == [1, 1, 3]
+
+
 def test_tracker_that_fails_to_load(frame):
     attempts = []
 
