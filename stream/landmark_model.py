@@ -128,7 +128,7 @@ class LandmarkModel:
         if self._it is None:
             raise RuntimeError("LandmarkModel is closed")
         crop = crop_face(rgb, roi)
-        self._it.set_tensor(self._in, (crop.astype(np.float32) * (1.0 / 255.0))[None])
+        self._it.set_tensor(self._in, np.multiply(crop, np.float32(1.0 / 255.0), dtype=np.float32)[None])  # one pass
         self._it.invoke()
         raw = self._it.get_tensor(self._lm_out).reshape(-1, 3)
         logit = float(self._it.get_tensor(self._score_out).ravel()[0])
