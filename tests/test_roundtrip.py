@@ -118,22 +118,28 @@ def test_tryon_prism_and_single_lens(posed_frames) -> None:
     assert not np.array_equal(prism, frame)
 
 
+PD_MM = 63.0
+
+
 def test_remove_auto_estimates_then_corrects(clip_frames, landmarker_model) -> None:
     clip = clip_frames("liveportrait_d0", n=10)
     frames = list(clip.frames)
     faces = track_frames(frames, 25.0)
     h, w = frames[0].shape[:2]
-    tryon = create("tryon", {"rx": "-6.00", "draw_frame": False})
+    # Worn glasses keep one size. With pd=0 tryon rescales them to the iris-measured PD once its median
+    # settles (the 10th frame) while remove (no frame fit here) keeps the tracker's scale: a rim ~1 px off
+    # on that frame, which sank the estimate whenever the background analysis drew it twice.
+    tryon = create("tryon", {"rx": "-6.00", "draw_frame": False, "pd": PD_MM})
     worn = [tryon.apply(f, FrameContext(i, i / 25.0, faces[i], w, h)) for i, f in enumerate(frames)]
     seen = track_frames(worn, 25.0)
     remove = create("remove", {"rx": "auto", "auto_frames": 4, "rimless": True, "fit_frames": 0,
-                               "auto_background": False})
+                               "auto_background": False, "pd": PD_MM})
     outs = [remove.apply(img, FrameContext(i, i / 25.0, seen[i], w, h)) for i, img in enumerate(worn)]
     assert remove.estimate is not None and abs(remove.estimate.sphere + 6.0) <= 0.5
     assert all(o is img for o, img in zip(outs[:3], worn[:3], strict=True))  # untouched while estimating
     assert not np.array_equal(outs[-1], worn[-1])
     # The default background estimation gets there too, without ever holding a frame back.
-    bg = create("remove", {"rx": "auto", "auto_frames": 4, "rimless": True, "fit_frames": 0})
+    bg = create("remove", {"rx": "auto", "auto_frames": 4, "rimless": True, "fit_frames": 0, "pd": PD_MM})
     deadline = time.monotonic() + 60.0
     i, passed_while_busy = 0, 0
     while bg.estimate is None and time.monotonic() < deadline:
@@ -147,11 +153,29 @@ def test_remove_auto_estimates_then_corrects(clip_frames, landmarker_model) -> N
     bg.close()
     assert passed_while_busy > 0  # frames went through while the analysis was running
     assert bg.estimate is not None and abs(bg.estimate.sphere + 6.0) <= 0.5
-    # Without glasses there is nothing to correct: no confident estimate, frames untouched.
-    plain = create("remove", {"rx": "auto", "auto_frames": 4, "rimless": True, "fit_frames": 0,
-                              "auto_background": False})
+    # Without glasses there is nothing to correct: no confident estimate, frames untouched, and after
+    # auto_max_frames the analysis stops and says so.
+    plain = create("remove", {"rx": "auto", "auto_frames": 4, "auto_max_frames": 6, "rimless": True,
+                              "fit_frames": 0, "auto_background": False, "pd": PD_MM})
     outs = [plain.apply(img, FrameContext(i, i / 25.0, faces[i], w, h)) for i, img in enumerate(frames)]
     assert plain.estimate is None and all(o is img for o, img in zip(outs, frames, strict=True))
+    assert plain._estimator is not None and plain._estimator.frames == 6
+    assert plain.models()["rx_estimate"]["state"].startswith("not measurable in 6 frames")
+    # Glasses put on after the stream started: the glasses-free frames dilute the evidence, so the
+    # analysis goes on past auto_frames until the lens frames outweigh them.
+    late = create("remove", {"rx": "auto", "auto_frames": 4, "rimless": True, "fit_frames": 0,
+                             "auto_background": False, "pd": PD_MM})
+    for i in range(3):
+        late.apply(frames[i], FrameContext(i, i / 25.0, faces[i], w, h))
+    assert late.models()["rx_estimate"]["state"] == "analysing 3/4 frames"
+    n = 3
+    while late.estimate is None and n < 40:
+        k = n % len(worn)
+        late.apply(worn[k], FrameContext(n, n / 25.0, seen[k], w, h))
+        n += 1
+    assert late.estimate is not None and abs(late.estimate.sphere + 6.0) <= 0.5
+    assert late.estimate.frames > 4  # not decided on the first auto_frames
+    assert late.models()["rx_estimate"]["state"].startswith(f"{late.estimate.sphere:+.2f} D (duplicate")
 
 
 def test_face_depth_on_real_faces(posed_frames) -> None:

@@ -194,7 +194,8 @@ class Filter:
         """Block until the filter's models are loaded (file mode; a live stream never waits)."""
 
     def models(self) -> dict[str, dict[str, Any]]:
-        """Networks this filter runs -> state and serving backend (the stats overlay's ``models``)."""
+        """Networks this filter runs -> state and serving backend (the stats overlay's ``models``); analyses
+        with no network (rx=auto's estimate) give only a ``state`` line."""
         return {}
 
     def close(self) -> None:

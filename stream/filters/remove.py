@@ -4,7 +4,10 @@ The worn frame is modelled by a catalogue frame placed on the tracked face (its 
 where the refraction applies). Per frame: placement -> face depth -> forward warp s traced with a
 margin -> fixed-point inverse s⁻¹ -> one remap per lens ROI; pixels with no preimage (the ring a
 plus lens hides) are inpainted. ``rx=auto`` estimates the sphere from the rim (models.optics.estimation)
-over the first frames and leaves the video untouched until the estimate is confident.
+over the first frames and leaves the video untouched until the estimate is confident. Evidence keeps
+accumulating past ``auto_frames`` while it is not (a frame with a bad track or a blink dilutes the
+average, glasses put on after the stream started need frames of their own); after ``auto_max_frames``
+the analysis stops and the video stays as it is (the stats say so; any new settings restart it).
 
 The catalogue frame is first fitted to the rim seen in the video (size, aspect, height on the nose:
 models.optics.frame_fit) over ``fit_frames`` frames, which pass through untouched. ``frame=detect``
@@ -57,7 +60,9 @@ class RemoveParams:
                        choices=(*FRAMES, "detect") if FRAMES else None)
     strength: float = param(1.0, help="how much of the lens effect to undo", min=0.0, max=1.0)
     lens: str = param("both", help="which lenses to correct", choices=("both", "right", "left"))
-    pd: float = param(0.0, help="distance PD in mm (0 = measure from the irises)", min=0.0, max=80.0)
+    # Unlike tryon, no iris rescaling: the frame fit measures the worn rim at the tracker's scale, and
+    # rescaling the head afterwards would move the fitted rim off the real one.
+    pd: float = param(0.0, help="distance PD in mm (0 = the tracked pupils)", min=0.0, max=80.0)
     vertex_mm: float = param(12.0, help="lens back vertex to cornea", min=5.0, max=25.0)
     pantoscopic_deg: float = param(8.0, help="lens tilt, bottoms towards the cheeks", min=0.0, max=20.0)
     anchor: str = param("eyes", help="frame rigid with the head (eye corners) or centred on the pupils (follows gaze)",
@@ -65,6 +70,8 @@ class RemoveParams:
     fit_frames: int = param(5, help="frames used to fit the frame's size and height to the video (0 = as listed)",
                             min=0, max=60)
     auto_frames: int = param(12, help="rx=auto: frames to analyse before correcting", min=1, max=300)
+    auto_max_frames: int = param(60, help="rx=auto: frames analysed at most while the estimate is not confident "
+                                 "(then the video is left as it is)", min=1, max=600)
     auto_confidence: float = param(0.4, help="rx=auto: minimum confidence before correcting", min=0.0, max=1.0)
     rimless: bool = param(False, help="rx=auto: the worn glasses have no rim hiding the lens edge")
     auto_background: bool = param(True, help="rx=auto: analyse on a background thread (the video never waits)")
@@ -75,6 +82,9 @@ class RemoveParams:
 
     def __post_init__(self) -> None:
         check_pd(self.pd)
+        if self.auto_max_frames < self.auto_frames:
+            raise ValueError(f"auto_max_frames {self.auto_max_frames} < auto_frames {self.auto_frames}: it is the "
+                             "most frames analysed, auto_frames the fewest")
 
 
 class Remove(LensGenerator, Filter):
@@ -98,6 +108,7 @@ class Remove(LensGenerator, Filter):
         self._pending: Future[bool] | None = None  # a background add_frame of the current estimator
         self._fitter = FrameFitter(self._frame) if p.fit_frames > 0 else None
         self.estimate: SphereEstimate | None = None
+        self._gave_up = False  # rx=auto: auto_max_frames analysed without a confident estimate
         self._set_rx(rx)
         self._start_models(p)
 
@@ -126,7 +137,7 @@ class Remove(LensGenerator, Filter):
             self._check_estimate()
             if self.estimate is not None:
                 return
-        if est.frames >= self.params.auto_frames or not ctx.faces:
+        if est.frames >= self.params.auto_max_frames or not ctx.faces:
             return
         opts = replace(self._opts, strength=0.0)  # placement and depth only
         fo = face_optics(ctx.faces[0], ctx.camera, self._rx, self._frame, opts, self._powers)
@@ -142,11 +153,35 @@ class Remove(LensGenerator, Filter):
     def _check_estimate(self) -> None:
         est = self._estimator
         e = est.estimate() if est is not None else None
-        if e is not None and e.frames >= self.params.auto_frames and e.confidence >= self.params.auto_confidence:
+        p = self.params
+        if e is not None and e.frames >= p.auto_frames and e.confidence >= p.auto_confidence:
             self.estimate = e
             self._set_rx(with_sphere(self._rx, round(e.sphere * 4.0) / 4.0))  # prescriptions come in 0.25 D
             log.info("remove: estimated sphere %.2f D (confidence %.2f over %d frames)", e.sphere, e.confidence,
                      e.frames)
+        elif est is not None and est.frames >= p.auto_max_frames:
+            self._gave_up = True
+            log.warning("remove: rx=auto found no confident sphere in %d frames (best %s); the video is left as "
+                        "it is: enter the prescription (rx) to correct it", est.frames,
+                        "none" if e is None else f"{e.sphere:+.2f} D at confidence {e.confidence:.2f}")
+
+    def estimate_status(self) -> str:
+        """rx=auto's progress for the stats overlay: analysing, the estimate in use, or given up."""
+        est, e = self._estimator, self.estimate
+        if e is not None:
+            return f"{e.sphere:+.2f} D ({e.cue}, confidence {e.confidence:.2f}, {e.frames} frames)"
+        if self._gave_up:
+            return f"not measurable in {self.params.auto_max_frames} frames: video left as it is"
+        n, p = (0 if est is None else est.frames), self.params
+        if n < p.auto_frames:
+            return f"analysing {n}/{p.auto_frames} frames"
+        return f"analysing {n} frames (not yet confident; at most {p.auto_max_frames})"
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        out = super().models()
+        if self._auto:
+            out["rx_estimate"] = {"state": self.estimate_status()}
+        return out
 
     def close(self) -> None:
         super().close()
