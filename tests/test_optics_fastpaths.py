@@ -1,5 +1,6 @@
 """The per-frame fast paths compute what the straightforward versions do: batched lens tracing,
-the coefficient-form depth rasteriser, the in-place projection and the cached-grid warp inversion."""
+the coefficient-form depth rasteriser, the in-place projection, the cached-grid warp inversion and the
+compiled (numba) kernels."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from models.optics.face_depth import FaceDepth, rasterize_depth
+from models.optics import kernels
+from models.optics.face_depth import FaceDepth, rasterize_depth, rasterize_depth_numpy
 from models.optics.inversion import _inpaint_window, invert_warp
 from models.optics.lens_geometry import RoundLens
 from models.optics.power import power_matrix
-from models.optics.refraction import LensPower, lens_warp, lens_warps, trace_lens
+from models.optics.refraction import LensPower, lens_warp, lens_warps, trace_lens, trace_lens_numpy
 from stream.camera import Pinhole
 
 W, H = 320, 240
@@ -143,3 +145,50 @@ def test_windowed_inpaint_equals_full_inpaint(hole: tuple[slice, slice]) -> None
     got = img.copy()
     _inpaint_window(got, invalid, 3.0)
     assert np.array_equal(got, full) and not np.array_equal(got, img)
+
+
+needs_numba = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba not installed: the numpy forms are in use")
+
+
+@needs_numba
+def test_compiled_rasterizer_is_the_numpy_form_bit_for_bit() -> None:
+    rng = np.random.default_rng(11)
+    pts = rng.uniform(-5.0, 45.0, (80, 2))
+    z = rng.uniform(300.0, 600.0, 80)
+    tris = rng.integers(0, 80, (200, 3))  # overlapping (the z-buffer decides), degenerate, off the raster
+    got = rasterize_depth(pts, z, tris, (40, 36))
+    ref = rasterize_depth_numpy(pts, z, tris, (40, 36))
+    assert got.dtype == ref.dtype == np.float32 and np.array_equal(got, ref) and np.isfinite(ref).sum() > 500
+    empty = rasterize_depth(pts, z, tris[:0], (40, 36))
+    assert np.array_equal(empty, rasterize_depth_numpy(pts, z, tris[:0], (40, 36))) and np.isinf(empty).all()
+
+
+@needs_numba
+def test_compiled_trace_is_the_numpy_trace() -> None:
+    """Same rays, same lens plane, bend and face landing; the depth lookups round as cv2.remap does, so
+    the two agree to a few thousandths of a pixel except where a ray grazes a depth step."""
+    cam, lenses, depth = _scene()
+    powers = [LensPower(power_matrix(-6.0, -1.0, 20.0), np.zeros(2)), LensPower(power_matrix(3.0, 0.0, None),
+                                                                                np.array([0.01, -0.005]))]
+    for lens, power in zip(lenses, powers, strict=True):
+        c = np.asarray(lens.outline_px, np.float64)
+        lo, hi = c.min(axis=0) - 4.0, c.max(axis=0) + 4.0
+        yy, xx = np.mgrid[lo[1]:hi[1]:0.7, lo[0]:hi[0]:0.7]
+        pix = np.column_stack([xx.ravel(), yy.ravel()])
+        got = trace_lens(pix, lens, power, depth, cam)
+        ref = trace_lens_numpy(pix, lens, power, depth, cam)
+        err = np.hypot(*(got - ref).T)
+        assert np.median(err) < 2e-3 and np.quantile(err, 0.99) < 0.02 and err.max() < 0.1, (err.max(), power)
+        assert np.abs(got - pix).max() > 1.0  # the lens does move pixels: not a trivial agreement
+
+
+def test_the_numpy_forms_stand_in_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    cam, lenses, depth = _scene()
+    powers = [LensPower(power_matrix(-4.0, 0.0, None), np.zeros(2))] * 2
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    plain = lens_warps(list(lenses), powers, depth, cam)
+    monkeypatch.undo()
+    fast = lens_warps(list(lenses), powers, depth, cam)
+    for a, b in zip(plain, fast, strict=True):
+        assert a is not None and b is not None and np.array_equal(a.mask, b.mask)
+        assert np.abs(a.map_x - b.map_x).max() < 0.05 and np.abs(a.map_y - b.map_y).max() < 0.05

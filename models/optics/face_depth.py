@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from models.face3d import landmarks_cam_mm
+from models.optics import kernels
 from stream.camera import Pinhole
 from stream.face import LEFT_TEMPLE, RIGHT_TEMPLE, Face
 
@@ -57,7 +58,16 @@ def rasterize_depth(points_px: np.ndarray, z: np.ndarray, triangles: np.ndarray,
 
     ``points_px`` (V, 2) are vertex positions in the raster's pixel units (pixel centres at integers),
     ``z`` (V,) their depths. Depth is interpolated as 1/z, which is exact for planar triangles under
-    perspective. Vectorised over (triangle, candidate pixel) pairs: no Python loop per triangle.
+    perspective. Compiled (models.optics.kernels) where numba is installed, else :func:`rasterize_depth_numpy`.
+    """
+    if kernels.AVAILABLE:
+        return kernels.rasterize_depth(points_px, z, triangles, shape)
+    return rasterize_depth_numpy(points_px, z, triangles, shape)
+
+
+def rasterize_depth_numpy(points_px: np.ndarray, z: np.ndarray, triangles: np.ndarray,
+                          shape: tuple[int, int]) -> np.ndarray:
+    """:func:`rasterize_depth` vectorised over (triangle, candidate pixel) pairs: no Python loop per triangle.
     The barycentric coordinates and 1/z are affine in the pixel position, so each triangle's
     coefficients are set up once and each pair costs one gather and three multiply-adds.
     """

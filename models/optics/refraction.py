@@ -1,10 +1,11 @@
-"""Thin-lens ray tracing through a placed spectacle lens into the face: remap fields (pure numpy).
+"""Thin-lens ray tracing through a placed spectacle lens into the face: remap fields.
 
 For an output pixel p inside a lens, the camera ray through p meets the lens plane at offset h from
 the optical centre (lens frame u, v). Light is reversible, so the camera ray is bent like the light
 it traces: its slopes in the lens frame change by Prentice's deviation −F·h/1000 + prism/100, and the
 bent ray continues in 3-D until it meets the face surface (FaceDepth). Projecting that point gives the
-source pixel s(p): tryon output(p) = input(s(p)).
+source pixel s(p): tryon output(p) = input(s(p)). The per-ray trace runs compiled where numba is
+installed (models.optics.kernels), with these numpy forms as the reference and fallback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from models.optics import kernels
 from models.optics.face_depth import FaceDepth
 from models.optics.lens_geometry import LensLike
 from models.optics.power import prentice_deviation
@@ -77,7 +79,16 @@ def land_rays(pixels: np.ndarray, hits: np.ndarray, bent: np.ndarray, depth: Fac
 
 
 def trace_lens(pixels: np.ndarray, lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole) -> np.ndarray:
-    """(N, 2) source pixels s(p) for output pixels ``pixels`` (N, 2) seen through ``lens``."""
+    """(N, 2) source pixels s(p) for output pixels ``pixels`` (N, 2) seen through ``lens``: compiled
+    (models.optics.kernels) where numba is installed, else :func:`trace_lens_numpy`."""
+    if kernels.AVAILABLE:
+        return kernels.trace_lens(pixels, lens, power.f, power.prism, depth.depth, depth.scale, camera)
+    return trace_lens_numpy(pixels, lens, power, depth, camera)
+
+
+def trace_lens_numpy(pixels: np.ndarray, lens: LensLike, power: LensPower, depth: FaceDepth,
+                     camera: Pinhole) -> np.ndarray:
+    """:func:`trace_lens` as numpy array operations (the reference the compiled kernel is tested against)."""
     return land_rays(pixels, *lens_rays(pixels, lens, power, camera), depth, camera)
 
 
@@ -207,7 +218,9 @@ def lens_warps(lenses: list[LensLike], powers: list[LensPower], depth: FaceDepth
     rois = [_prepare(ln, pw, camera, strength, margin_px, step) for ln, pw in zip(lenses, powers, strict=True)]
     todo = [(r, ln, pw) for r, ln, pw in zip(rois, lenses, powers, strict=True) if r is not None and r.pix is not None]
     moved: list[np.ndarray] = []
-    if todo:
+    if todo and kernels.AVAILABLE:
+        moved = [trace_lens(r.pix, ln, pw, depth, camera) - r.pix for r, ln, pw in todo]
+    elif todo:
         rays = [lens_rays(r.pix, ln, pw, camera) for r, ln, pw in todo]
         pix = np.concatenate([r.pix for r, _, _ in todo])
         src = land_rays(pix, np.concatenate([h for h, _ in rays]), np.concatenate([b for _, b in rays]), depth,
