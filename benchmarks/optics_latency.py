@@ -5,8 +5,9 @@
 Frames of a shared clip, letterboxed to 640x480, run through one FramePipeline per chain
 (tracking included), chains interleaved frame by frame so machine load hits all alike:
 passthrough, landmarks and landmarks_mediapipe (baselines; the last tracks with mediapipe's graph
-on every frame, as before stream.landmark_model), tryon with refraction only ("optics"), full tryon (frame +
-tint drawn), remove with a known prescription. Reported: per-frame wall time of the whole
+on every frame, as before stream.landmark_model), tryon with refraction only ("tryon_optics"; again as
+"tryon_optics_numpy" with the numpy forms instead of the numba kernels of models/optics/kernels.py), full tryon
+(frame + tint drawn), remove with a known prescription. Reported: per-frame wall time of the whole
 pipeline and of the filter stage alone (p50/p95), with ratios vs the baselines of the same run.
 Writes benchmarks/results/optics_latency.json.
 """
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 
 from benchmarks.stats import machine_info, summarize, write_json
+from models.optics import kernels
 from stream.config import TrackerConfig
 from stream.pipeline import FilterSpec, FramePipeline
 
@@ -34,11 +36,13 @@ CHAINS: dict[str, list[FilterSpec]] = {
     "landmarks": [FilterSpec("landmarks")],
     "landmarks_mediapipe": [FilterSpec("landmarks")],
     "tryon_optics": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "draw_frame": False})],
+    "tryon_optics_numpy": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "draw_frame": False})],
     "tryon_full": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "tint": "#50607080", "gradient": 0.6})],
     "remove": [FilterSpec("remove", {"rx": "-6.00 -1.00 x 20", "fit_frames": 3})],  # fit during warm-up
 }
 
 TRACKERS: dict[str, TrackerConfig] = {"landmarks_mediapipe": TrackerConfig(direct_landmarks=False)}
+NUMPY_OPTICS = {"tryon_optics_numpy"}  # baseline: the optics' numpy forms instead of the numba kernels
 
 
 def letterbox(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -74,12 +78,15 @@ def run(clip: str, n: int, warmup: int, width: int, height: int) -> dict[str, An
     errors: dict[str, int] = dict.fromkeys(pipes, 0)
     faces_seen = 0
     names = list(pipes)
+    compiled = kernels.AVAILABLE
     for i, frame in enumerate(frames):
         names = names[1:] + names[:1]  # rotate the order: no chain always runs first on a warm cache
         for name in names:
+            kernels.AVAILABLE = compiled and name not in NUMPY_OPTICS
             t0 = time.perf_counter()
             _, res = pipes[name].process(frame, i / fps)
             dt = (time.perf_counter() - t0) * 1e3
+            kernels.AVAILABLE = compiled
             if i < warmup:
                 continue
             total[name].append(dt)
@@ -103,7 +110,10 @@ def run(clip: str, n: int, warmup: int, width: int, height: int) -> dict[str, An
     out["ratios_total_p95_vs_landmarks_mediapipe"] = {k: p95[k] / p95["landmarks_mediapipe"] for k in pipes}
     out["ratios_total_p50_vs_passthrough"] = {k: p50[k] / p50["passthrough"] for k in pipes}
     out["frames_with_one_face"] = faces_seen
-    out["targets"] = {"optics_filter_p50_ms<=5": out["chains"]["tryon_optics"]["filter_ms"]["p50"] <= 5.0,
+    opt, ref = out["chains"]["tryon_optics"]["filter_ms"], out["chains"]["tryon_optics_numpy"]["filter_ms"]
+    out["optics_kernels"] = {"numba": compiled, "filter_p50_ratio_vs_numpy": opt["p50"] / ref["p50"],
+                             "filter_p95_ratio_vs_numpy": opt["p95"] / ref["p95"]}
+    out["targets"] = {"optics_filter_p50_ms<=5": opt["p50"] <= 5.0, "optics_filter_p95_ms<=5": opt["p95"] <= 5.0,
                       **{f"{k}_total_p95_ms<=20": p95[k] <= 20.0 for k in ("tryon_optics", "tryon_full", "remove")}}
     return out
 
