@@ -1,15 +1,21 @@
 """Inverting the lens warp for ``remove``: tryon shows input(s(p)) at p; remove needs s⁻¹.
 
 For every lens pixel q we solve s(p) = q by fixed-point iteration p ← q − D(p), D = s − id sampled
-bilinearly (cv2.remap on the displacement field). It contracts with ratio |1 − 1/M| (≈ 0.1–0.25 for
-−8…+6 D at spectacle distances), so a few vectorised iterations reach sub-0.01 px.
+bilinearly (as cv2.remap samples the displacement field). It contracts with ratio |1 − 1/M| (≈ 0.1–0.25
+for −8…+6 D at spectacle distances), so a few iterations reach sub-0.01 px.
 
 Where s is not invertible inside the lens:
 - minus lenses pull the ring just outside the rim into the lens (seen twice: through the lens and
-  directly); every q in the lens still has a preimage inside the lens, so nothing is missing;
+  directly); a q in the lens still has a preimage inside the lens, except where the face's outline
+  crosses the lens: there s jumps (the rays past the outline land on the background, far behind), and
+  the strip of background next to the outline is seen nowhere through the lens;
 - plus lenses hide a ring inside the rim (the content at radii R/M…R is magnified beyond the rim):
-  those q have no preimage inside the lens. They are flagged (preimage outside the rim, or the
-  iteration did not converge) and filled with cv2.inpaint (Telea) from the surrounding restored pixels.
+  those q have no preimage inside the lens.
+Such q are flagged (preimage outside the rim, or the iteration did not converge) and filled from the
+surrounding restored pixels (models.optics.hole_fill).
+
+The compiled kernel (models.optics.kernels) iterates the lens pixels only and samples as cv2.remap
+does; the numpy form (whole ROI, cv2.remap) is its reference and fallback.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from models.optics import kernels
+from models.optics.hole_fill import fill_holes
 from models.optics.refraction import LensWarp
 
 
@@ -45,6 +53,17 @@ def _sample(img: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
 
 def invert_warp(warp: LensWarp, iterations: int = 5, tol_px: float = 0.3, strength: float = 1.0) -> InverseWarp:
     """s⁻¹ over ``warp``'s ROI (identity outside the lens); ``warp`` should be traced with a margin."""
+    if not kernels.AVAILABLE:
+        return invert_warp_numpy(warp, iterations, tol_px, strength)
+    dx, dy = warp.displacement()
+    map_x, map_y, invalid = kernels.invert_lens(dx, dy, warp.mask, iterations, tol_px, strength)
+    return InverseWarp(LensWarp(warp.x0, warp.y0, map_x + np.float32(warp.x0), map_y + np.float32(warp.y0),
+                                warp.mask), invalid)
+
+
+def invert_warp_numpy(warp: LensWarp, iterations: int = 5, tol_px: float = 0.3,
+                      strength: float = 1.0) -> InverseWarp:
+    """The reference form of :func:`invert_warp`: every ROI pixel iterated with whole-ROI cv2.remap calls."""
     h, w = warp.mask.shape
     dx, dy = warp.displacement()
     gx, gy = _roi_grid(h, w)
@@ -64,28 +83,13 @@ def invert_warp(warp: LensWarp, iterations: int = 5, tol_px: float = 0.3, streng
 
 def apply_inverse(image: np.ndarray, inverses: list[InverseWarp], fill_radius_px: float = 3.0,
                   interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    """One remap per lens ROI from the observed frame, then inpaint the pixels with no preimage."""
+    """One remap per lens ROI from the observed frame, then fill the pixels with no preimage."""
     out = image.copy()
     for inv in inverses:
         w = inv.warp
         h, ww = w.mask.shape
         roi = cv2.remap(image, w.map_x, w.map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
         if inv.invalid.any():
-            _inpaint_window(roi, inv.invalid, fill_radius_px)
+            roi = fill_holes(roi, inv.invalid, fill_radius_px)
         np.copyto(out[w.y0:w.y0 + h, w.x0:w.x0 + ww], roi, where=w.mask[..., None])
     return out
-
-
-def _inpaint_window(roi: np.ndarray, invalid: np.ndarray, radius_px: float) -> None:
-    """Telea-inpaint ``invalid`` pixels of ``roi`` in place, on their bounding box plus the radius only.
-
-    Telea fills each pixel from pixels within the radius, marching in from the mask's edge, so the
-    box with a margin wider than the radius holds everything it reads: the same result, less area.
-    """
-    ys = np.flatnonzero(invalid.any(axis=1))
-    xs = np.flatnonzero(invalid.any(axis=0))
-    m = int(np.ceil(radius_px)) + 2
-    y0, y1 = max(int(ys[0]) - m, 0), min(int(ys[-1]) + m + 1, roi.shape[0])
-    x0, x1 = max(int(xs[0]) - m, 0), min(int(xs[-1]) + m + 1, roi.shape[1])
-    win = roi[y0:y1, x0:x1]
-    win[...] = cv2.inpaint(win, invalid[y0:y1, x0:x1].view(np.uint8), radius_px, cv2.INPAINT_TELEA)

@@ -2,10 +2,11 @@
 
 At a 640x480 frame the optics handle a few thousand rays and a few hundred mesh triangles, so the
 numpy forms spend most of their time in per-call overhead (tens of small array operations), not in
-arithmetic. One compiled pass does the same arithmetic: the rasteriser bit for bit, the trace to ~0.002 px
-(its depth lookups round as cv2.remap's do, in float32). Kernels are compiled for
-fixed signatures when this module is first imported (about a second per kernel, cached on disk by
-numba afterwards), never in the middle of a frame.
+arithmetic. One compiled pass does the same arithmetic: the rasteriser and the hole fill bit for bit,
+the trace and the warp inversion to ~1e-5 px (their lookups are cv2.remap's bilinear in float32; OpenCV 4
+rounded remap positions to 1/32 px, which moves its numpy forms by up to a few thousandths of a pixel).
+Kernels are compiled for fixed signatures when this module is first imported (about a second per
+kernel, cached on disk by numba afterwards), never in the middle of a frame.
 """
 
 from __future__ import annotations
@@ -64,20 +65,18 @@ def _rasterize_depth(points_px: np.ndarray, z: np.ndarray, triangles: np.ndarray
 
 
 def _sample(depth: np.ndarray, scale: float, x: float, y: float) -> float:
-    """FaceDepth.sample at one frame pixel, as cv2.remap computes it (INTER_LINEAR, BORDER_REPLICATE):
-    the float32 grid position quantised to 1/32 pixel, float32 weights."""
+    """FaceDepth.sample at one frame pixel, as cv2.remap computes it (INTER_LINEAR, BORDER_REPLICATE) on
+    the float32 grid position, with float32 weights."""
     gx = np.float32((x + 0.5) * scale - 0.5)
     gy = np.float32((y + 0.5) * scale - 0.5)
     if not (abs(gx) < 1e6):  # far off the grid, or not a number: the border pixel
         gx = np.float32(-1e6)
     if not (abs(gy) < 1e6):
         gy = np.float32(-1e6)
-    ix = int(np.rint(gx * np.float32(32.0)))
-    iy = int(np.rint(gy * np.float32(32.0)))
-    ax = np.float32((ix & 31) / 32.0)
-    ay = np.float32((iy & 31) / 32.0)
+    fx, fy = np.floor(gx), np.floor(gy)
+    ax, ay = np.float32(gx - fx), np.float32(gy - fy)
     h, w = depth.shape
-    x0, y0 = ix >> 5, iy >> 5
+    x0, y0 = int(fx), int(fy)
     xa, xb = min(max(x0, 0), w - 1), min(max(x0 + 1, 0), w - 1)
     ya, yb = min(max(y0, 0), h - 1), min(max(y0 + 1, 0), h - 1)
     one = np.float32(1.0)
@@ -122,6 +121,132 @@ def _trace_lens(pixels: np.ndarray, c: np.ndarray, u: np.ndarray, v: np.ndarray,
     return out
 
 
+
+def _sample_zero(a: np.ndarray, b: np.ndarray, x: np.float32, y: np.float32) -> tuple[np.float32, np.float32]:
+    """Two same-shape images at ROI position (x, y) as cv2.remap computes each (INTER_LINEAR,
+    BORDER_CONSTANT 0), with float32 weights; taps off the image read 0."""
+    if not (abs(x) < 1e6):
+        x = np.float32(-1e6)
+    if not (abs(y) < 1e6):
+        y = np.float32(-1e6)
+    fx, fy = np.floor(x), np.floor(y)
+    ax, ay = np.float32(x - fx), np.float32(y - fy)
+    one = np.float32(1.0)
+    w00, w01 = (one - ax) * (one - ay), ax * (one - ay)
+    w10, w11 = (one - ax) * ay, ax * ay
+    h, w = a.shape
+    x0, y0 = int(fx), int(fy)
+    if x0 >= 0 and x0 + 1 < w and y0 >= 0 and y0 + 1 < h:  # all four taps on the image (nearly always)
+        return (np.float32(a[y0, x0] * w00 + a[y0, x0 + 1] * w01 + a[y0 + 1, x0] * w10 + a[y0 + 1, x0 + 1] * w11),
+                np.float32(b[y0, x0] * w00 + b[y0, x0 + 1] * w01 + b[y0 + 1, x0] * w10 + b[y0 + 1, x0 + 1] * w11))
+    va, vb = np.float32(0.0), np.float32(0.0)
+    for yy, xx, wt in ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11)):
+        if 0 <= yy < h and 0 <= xx < w:
+            va += a[yy, xx] * wt
+            vb += b[yy, xx] * wt
+    return va, vb
+
+
+def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: int, tol_px: float,
+                 strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """models.optics.inversion.invert_warp_numpy (fixed point p <- q - D(p)), for the lens pixels only:
+    ROI-relative (map_x, map_y) of q + strength (s⁻¹(q) - q), and the pixels with no preimage.
+
+    A row's pixels advance one iteration together: each pixel's iterations form a serial chain of
+    dependent lookups, and interleaving independent chains lets the CPU overlap them (about 2x)."""
+    h, w = mask.shape
+    map_x = np.empty((h, w), np.float32)
+    map_y = np.empty((h, w), np.float32)
+    invalid = np.zeros((h, w), np.bool_)
+    maskf = mask.astype(np.float32)
+    s = np.float32(strength)
+    tol2 = tol_px * tol_px  # |residual| <= tol without a libm hypot per pixel
+    xs = np.empty(w, np.int64)
+    px = np.empty(w, np.float32)
+    py = np.empty(w, np.float32)
+    for y in range(h):
+        qy = np.float32(y)
+        n = 0
+        for x in range(w):
+            map_x[y, x], map_y[y, x] = np.float32(x), qy
+            if mask[y, x]:
+                xs[n], px[n], py[n] = x, np.float32(x), qy
+                n += 1
+        for _ in range(iterations):
+            for i in range(n):
+                sx, sy = _sample_zero(dx, dy, px[i], py[i])
+                px[i], py[i] = np.float32(np.float32(xs[i]) - sx), np.float32(qy - sy)
+        for i in range(n):
+            qx = np.float32(xs[i])
+            sx, sy = _sample_zero(dx, dy, px[i], py[i])
+            rx, ry = np.float32(np.float32(px[i] + sx) - qx), np.float32(np.float32(py[i] + sy) - qy)
+            inside, _ = _sample_zero(maskf, maskf, px[i], py[i])
+            if inside >= 0.5 and float(rx) * rx + float(ry) * ry <= tol2:
+                map_x[y, xs[i]] = np.float32(qx + np.float32(s * np.float32(px[i] - qx)))
+                map_y[y, xs[i]] = np.float32(qy + np.float32(s * np.float32(py[i] - qy)))
+            else:
+                invalid[y, xs[i]] = True
+    return map_x, map_y, invalid
+
+
+def _fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """models.optics.hole_fill.fill_holes_numpy: onion-peel layers, each pixel the weighted mean of the
+    known pixels around it (the layer before it included), in the same summation order."""
+    h, w, c = img.shape
+    val = img.astype(np.float64)
+    known = ~holes
+    ys, xs = np.nonzero(holes)
+    todo = np.empty((ys.shape[0], 2), np.int64)
+    todo[:, 0], todo[:, 1] = ys, xs
+    layer = np.empty(todo.shape[0], np.int64)
+    acc = np.empty((todo.shape[0], c), np.float64)
+    left = todo.shape[0]
+    alive = np.ones(todo.shape[0], np.bool_)
+    while left > 0:
+        n = 0
+        for i in range(todo.shape[0]):  # this layer: holes with a known 8-neighbour
+            if not alive[i]:
+                continue
+            y, x = todo[i, 0], todo[i, 1]
+            touch = False
+            for yy in range(max(y - 1, 0), min(y + 2, h)):
+                for xx in range(max(x - 1, 0), min(x + 2, w)):
+                    if known[yy, xx]:
+                        touch = True
+            if touch:
+                layer[n] = i
+                n += 1
+        if n == 0:
+            break  # holes with no known pixel anywhere around them stay as they are
+        for j in range(n):
+            y, x = todo[layer[j], 0], todo[layer[j], 1]
+            wsum = 0.0
+            for ch in range(c):
+                acc[j, ch] = 0.0
+            for k in range(offsets.shape[0]):
+                yy, xx = y + offsets[k, 0], x + offsets[k, 1]
+                if 0 <= yy < h and 0 <= xx < w and known[yy, xx]:
+                    wsum += weights[k]
+                    for ch in range(c):
+                        acc[j, ch] += weights[k] * val[yy, xx, ch]
+            for ch in range(c):
+                acc[j, ch] /= wsum
+        for j in range(n):
+            i = layer[j]
+            y, x = todo[i, 0], todo[i, 1]
+            for ch in range(c):
+                val[y, x, ch] = acc[j, ch]
+            known[y, x] = True
+            alive[i] = False
+        left -= n
+    out = img.copy()
+    for i in range(todo.shape[0]):
+        if not alive[i]:
+            y, x = todo[i, 0], todo[i, 1]
+            for ch in range(c):
+                out[y, x, ch] = np.uint8(min(max(np.rint(val[y, x, ch]), 0.0), 255.0))
+    return out
+
 if njit is not None:
     try:
         _rasterize_depth = njit("float32[:, :](float64[:, :], float64[:], int64[:, :], int64, int64)",
@@ -130,6 +255,12 @@ if njit is not None:
         _trace_lens = njit("float64[:, :](float64[:, :], float64[:], float64[:], float64[:], float64[:], "
                            "float64[:, :], float64[:], float32[:, :], float64, float64[:], int64)",
                            cache=True, nogil=True)(_trace_lens)
+        _sample_zero = njit(cache=True, nogil=True, inline="always")(_sample_zero)
+        _invert_lens = njit("Tuple((float32[:, ::1], float32[:, ::1], boolean[:, ::1]))"
+                            "(float32[:, ::1], float32[:, ::1], boolean[:, ::1], int64, float64, float64)",
+                            cache=True, nogil=True)(_invert_lens)
+        _fill_holes = njit("uint8[:, :, ::1](uint8[:, :, ::1], boolean[:, ::1], int64[:, ::1], float64[::1])",
+                           cache=True, nogil=True)(_fill_holes)
     except Exception as e:  # a broken numba install must not take the optics down
         log.warning("numba kernels unavailable (%s): the optics use their numpy forms", e)
         AVAILABLE = False
@@ -152,3 +283,16 @@ def trace_lens(pixels: np.ndarray, lens: object, f: np.ndarray, prism: np.ndarra
                        vec(lens.u_cam), vec(lens.v_cam), vec(lens.normal_cam),  # type: ignore[attr-defined]
                        np.ascontiguousarray(f, np.float64), vec(prism), np.ascontiguousarray(depth, np.float32),
                        float(scale), cam, int(iterations))
+
+
+def invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: int, tol_px: float,
+                strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROI-relative inverse maps and no-preimage pixels (see models.optics.inversion); needs AVAILABLE."""
+    return _invert_lens(np.ascontiguousarray(dx, np.float32), np.ascontiguousarray(dy, np.float32),
+                        np.ascontiguousarray(mask, np.bool_), int(iterations), float(tol_px), float(strength))
+
+
+def fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(h, w, c) uint8 image with ``holes`` filled (see models.optics.hole_fill); needs AVAILABLE."""
+    return _fill_holes(np.ascontiguousarray(img, np.uint8), np.ascontiguousarray(holes, np.bool_),
+                       np.array(offsets, np.int64), np.array(weights, np.float64))  # writable copies: numba's signature

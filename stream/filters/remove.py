@@ -32,7 +32,7 @@ from models.optics.filter_params import build_rx, check_pd, frame_names, load_fr
 from models.optics.frame_fit import FrameFitter
 from models.optics.inversion import apply_inverse, invert_warp
 from models.optics.prescription import Prescription, with_sphere
-from models.optics.scene import OpticsOptions, face_optics, lens_powers, place
+from models.optics.scene import FaceOptics, OpticsOptions, face_optics, lens_powers, place
 from stream.filters.base import Filter, FilterError, FrameContext, param
 from stream.filters.neural import (
     FaceModel,
@@ -218,14 +218,18 @@ class Remove(LensGenerator, Filter):
                 return image  # not confident yet: show the frame as it is
         if self._gen is not None:
             return self._apply_neural(image, ctx, self._gen)
-        inverses = []
+        inverses = [invert_warp(w) for fo in self.optics(ctx) for w in fo.warps]
+        return apply_inverse(image, inverses)
+
+    def optics(self, ctx: FrameContext) -> list[FaceOptics]:
+        """The worn lenses' placement, face depth and forward warps (traced with a margin) per face."""
+        out = []
         for face in ctx.faces:
             try:
-                fo = face_optics(face, ctx.camera, self._rx, self._frame, self._opts, self._powers)
+                out.append(face_optics(face, ctx.camera, self._rx, self._frame, self._opts, self._powers))
             except ValueError as e:
                 raise FilterError(f"face {face.face_id}: {e}") from None
-            inverses.extend(invert_warp(w) for w in fo.warps)
-        return apply_inverse(image, inverses)
+        return out
 
     def begin(self, image: np.ndarray, ctx: FrameContext) -> None:
         """The generator's heads on the crops of the faces predicted for this frame, while it is tracked (once the
