@@ -5,9 +5,9 @@
 Frames of a shared clip, letterboxed to 640x480, run through one FramePipeline per chain
 (tracking included), chains interleaved frame by frame so machine load hits all alike:
 passthrough, landmarks and landmarks_mediapipe (baselines; the last tracks with mediapipe's graph
-on every frame, as before stream.landmark_model), tryon with refraction only ("tryon_optics"; again as
-"tryon_optics_numpy" with the numpy forms instead of the numba kernels of models/optics/kernels.py), full tryon
-(frame + tint drawn), remove with a known prescription. Reported: per-frame wall time of the whole
+on every frame, as before stream.landmark_model), tryon with refraction only ("tryon_optics"), full tryon
+(frame + tint drawn), remove with a known prescription; "tryon_optics_numpy" and "remove_numpy" run
+the numpy forms instead of the numba kernels of models/optics/kernels.py. Reported: per-frame wall time of the whole
 pipeline and of the filter stage alone (p50/p95), with ratios vs the baselines of the same run.
 Writes benchmarks/results/optics_latency.json.
 """
@@ -39,10 +39,11 @@ CHAINS: dict[str, list[FilterSpec]] = {
     "tryon_optics_numpy": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "draw_frame": False})],
     "tryon_full": [FilterSpec("tryon", {"rx": "-6.00 -1.00 x 20", "tint": "#50607080", "gradient": 0.6})],
     "remove": [FilterSpec("remove", {"rx": "-6.00 -1.00 x 20", "fit_frames": 3})],  # fit during warm-up
+    "remove_numpy": [FilterSpec("remove", {"rx": "-6.00 -1.00 x 20", "fit_frames": 3})],
 }
 
 TRACKERS: dict[str, TrackerConfig] = {"landmarks_mediapipe": TrackerConfig(direct_landmarks=False)}
-NUMPY_OPTICS = {"tryon_optics_numpy"}  # baseline: the optics' numpy forms instead of the numba kernels
+NUMPY_OPTICS = {"tryon_optics_numpy", "remove_numpy"}  # baseline: the optics' numpy forms instead of the numba kernels
 
 
 def letterbox(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -110,11 +111,15 @@ def run(clip: str, n: int, warmup: int, width: int, height: int) -> dict[str, An
     out["ratios_total_p95_vs_landmarks_mediapipe"] = {k: p95[k] / p95["landmarks_mediapipe"] for k in pipes}
     out["ratios_total_p50_vs_passthrough"] = {k: p50[k] / p50["passthrough"] for k in pipes}
     out["frames_with_one_face"] = faces_seen
-    opt, ref = out["chains"]["tryon_optics"]["filter_ms"], out["chains"]["tryon_optics_numpy"]["filter_ms"]
-    out["optics_kernels"] = {"numba": compiled, "filter_p50_ratio_vs_numpy": opt["p50"] / ref["p50"],
-                             "filter_p95_ratio_vs_numpy": opt["p95"] / ref["p95"]}
-    out["targets"] = {"optics_filter_p50_ms<=5": opt["p50"] <= 5.0, "optics_filter_p95_ms<=5": opt["p95"] <= 5.0,
-                      **{f"{k}_total_p95_ms<=20": p95[k] <= 20.0 for k in ("tryon_optics", "tryon_full", "remove")}}
+    out["optics_kernels"] = {"numba": compiled}
+    targets: dict[str, bool] = {}
+    for k in ("tryon_optics", "remove"):  # the optics alone: these chains' filter stage is nothing else
+        opt, ref = out["chains"][k]["filter_ms"], out["chains"][f"{k}_numpy"]["filter_ms"]
+        out["optics_kernels"][k] = {"filter_p50_ratio_vs_numpy": opt["p50"] / ref["p50"],
+                                    "filter_p95_ratio_vs_numpy": opt["p95"] / ref["p95"]}
+        targets |= {f"{k}_filter_p50_ms<=5": opt["p50"] <= 5.0, f"{k}_filter_p95_ms<=5": opt["p95"] <= 5.0}
+    out["targets"] = targets | {f"{k}_total_p95_ms<=20": p95[k] <= 20.0 for k in ("tryon_optics", "tryon_full",
+                                                                                     "remove")}
     return out
 
 

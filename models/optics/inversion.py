@@ -28,7 +28,7 @@ import numpy as np
 
 from models.optics import kernels
 from models.optics.hole_fill import fill_holes
-from models.optics.refraction import LensWarp
+from models.optics.refraction import LensWarp, paste_in_mask
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,8 @@ def apply_inverse(image: np.ndarray, inverses: list[InverseWarp], fill_radius_px
     out = image.copy()
     for inv in inverses:
         w = inv.warp
-        h, ww = w.mask.shape
         roi = cv2.remap(image, w.map_x, w.map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
         if inv.invalid.any():
             roi = fill_holes(roi, inv.invalid, fill_radius_px)
-        np.copyto(out[w.y0:w.y0 + h, w.x0:w.x0 + ww], roi, where=w.mask[..., None])
+        paste_in_mask(out, w.x0, w.y0, roi, w.mask)
     return out
