@@ -5,7 +5,8 @@ and head angles, and remove(tryon(x)).
 
 Rows: liveportrait_d12 at its most frontal, most right- and left-turned frames, and two other clips.
 Columns: the input, tryon at -8 D, -4 -2 x 90 (cylinder), +4 D, +6 D without the frame (refraction
-alone), and remove applied to the -8 D try-on. Each cell is a crop around the eyes, labelled.
+alone), and remove applied to the -8 D and +6 D try-ons (refraction only, one PD for both passes; the
++6 D one shows the filled ring that a plus lens hides). Each cell is a crop around the eyes, labelled.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ COLUMNS: list[tuple[str, str, dict]] = [
     ("-4.00 -2.00 x 90", "tryon", {"rx": "-4.00 -2.00 x 90", "frame": "rectangle"}),
     ("+4.00", "tryon", {"rx": "+4.00", "frame": "oval"}),
     ("+6.00 (no frame)", "tryon", {"rx": "+6.00", "draw_frame": False}),
-    ("remove(-8.00)", "roundtrip", {"rx": "-8.00"}),
+    ("remove(-8.00)", "roundtrip", {"rx": "-8.00", "pd": 62}),
+    ("remove(+6.00)", "roundtrip", {"rx": "+6.00", "pd": 62}),  # the ring a plus lens hides, filled
 ]
 CELL = 300
 
