@@ -14,7 +14,7 @@ from models.optics.hole_fill import fill_holes, fill_holes_numpy
 from models.optics.inversion import invert_warp, invert_warp_numpy
 from models.optics.lens_geometry import RoundLens
 from models.optics.power import power_matrix
-from models.optics.refraction import LensPower, lens_warp, lens_warps, trace_lens, trace_lens_numpy
+from models.optics.refraction import LensPower, lens_warp, lens_warps, paste_in_mask, trace_lens, trace_lens_numpy
 from stream.camera import Pinhole
 
 W, H = 320, 240
@@ -130,6 +130,20 @@ def test_inverse_undoes_the_forward_warp() -> None:
     qx = np.arange(fwd.x0, fwd.x0 + fwd.mask.shape[1], dtype=np.float32)[None, :]
     assert np.abs(sx - qx)[ok].max() < 0.05
     assert np.array_equal(inv.warp.map_x[~fwd.mask], np.broadcast_to(qx, fwd.mask.shape)[~fwd.mask])
+
+
+@pytest.mark.parametrize(("x0", "y0", "channels"), [(10, 7, 3), (70 - 23, 50 - 19, 3), (0, 0, 1)])
+def test_paste_in_mask_writes_the_mask_only(x0: int, y0: int, channels: int) -> None:
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 255, (50, 70, channels), dtype=np.uint8)
+    roi = rng.integers(0, 255, (19, 23, channels), dtype=np.uint8)
+    mask = rng.random((19, 23)) < 0.4
+    if channels == 1:
+        frame, roi = frame[..., 0], roi[..., 0]
+    want = frame.copy()
+    want[y0:y0 + 19, x0:x0 + 23][mask] = roi[mask]
+    paste_in_mask(frame, x0, y0, roi, mask)
+    assert np.array_equal(frame, want)
 
 
 def _holes_image() -> tuple[np.ndarray, np.ndarray]:

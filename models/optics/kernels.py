@@ -2,9 +2,10 @@
 
 At a 640x480 frame the optics handle a few thousand rays and a few hundred mesh triangles, so the
 numpy forms spend most of their time in per-call overhead (tens of small array operations), not in
-arithmetic. One compiled pass does the same arithmetic: the rasteriser and the hole fill bit for bit,
-the trace and the warp inversion to ~1e-5 px (their lookups are cv2.remap's bilinear in float32; OpenCV 4
-rounded remap positions to 1/32 px, which moves its numpy forms by up to a few thousandths of a pixel).
+arithmetic. One compiled pass does the same arithmetic: the rasteriser bit for bit, the hole fill to a
+rounding tie (its sums run in another order), the trace and the warp inversion to ~1e-5 px (their
+lookups are cv2.remap's bilinear in float32; OpenCV 4 rounded remap positions to 1/32 px, which moves
+its numpy forms by up to a few thousandths of a pixel).
 Kernels are compiled for fixed signatures when this module is first imported (about a second per
 kernel, cached on disk by numba afterwards), never in the middle of a frame.
 """
@@ -121,7 +122,6 @@ def _trace_lens(pixels: np.ndarray, c: np.ndarray, u: np.ndarray, v: np.ndarray,
     return out
 
 
-
 def _sample_zero(a: np.ndarray, b: np.ndarray, x: np.float32, y: np.float32) -> tuple[np.float32, np.float32]:
     """Two same-shape images at ROI position (x, y) as cv2.remap computes each (INTER_LINEAR,
     BORDER_CONSTANT 0), with float32 weights; taps off the image read 0."""
@@ -191,7 +191,7 @@ def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: i
 
 def _fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """models.optics.hole_fill.fill_holes_numpy: onion-peel layers, each pixel the weighted mean of the
-    known pixels around it (the layer before it included), in the same summation order."""
+    known pixels around it (the layer before it included)."""
     h, w, c = img.shape
     val = img.astype(np.float64)
     known = ~holes
