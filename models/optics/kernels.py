@@ -6,8 +6,9 @@ arithmetic. One compiled pass does the same arithmetic: the rasteriser bit for b
 rounding tie (its sums run in another order), the trace and the warp inversion to ~1e-5 px (their
 lookups are cv2.remap's bilinear in float32; OpenCV 4 rounded remap positions to 1/32 px, which moves
 its numpy forms by up to a few thousandths of a pixel).
-Kernels are compiled for fixed signatures when this module is first imported (about a second per
-kernel, cached on disk by numba afterwards), never in the middle of a frame.
+Kernels are compiled for fixed signatures when this module is first imported (about 10 s for all of
+them on the 2-core dev machine, once: numba caches them on disk, and scripts/setup.sh triggers it),
+never in the middle of a frame.
 """
 
 from __future__ import annotations
@@ -158,7 +159,10 @@ def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: i
     map_x = np.empty((h, w), np.float32)
     map_y = np.empty((h, w), np.float32)
     invalid = np.zeros((h, w), np.bool_)
-    maskf = mask.astype(np.float32)
+    maskf = np.empty((h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            maskf[y, x] = np.float32(1.0) if mask[y, x] else np.float32(0.0)
     s = np.float32(strength)
     tol2 = tol_px * tol_px  # |residual| <= tol without a libm hypot per pixel
     xs = np.empty(w, np.int64)
@@ -191,28 +195,40 @@ def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: i
 
 def _fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """models.optics.hole_fill.fill_holes_numpy: onion-peel layers, each pixel the weighted mean of the
-    known pixels around it (the layer before it included)."""
+    known pixels around it (the layer before it included). Plain loops only: array expressions
+    (astype, nonzero, ~) multiply numba's compile time."""
     h, w, c = img.shape
-    val = img.astype(np.float64)
-    known = ~holes
-    ys, xs = np.nonzero(holes)
-    todo = np.empty((ys.shape[0], 2), np.int64)
-    todo[:, 0], todo[:, 1] = ys, xs
-    layer = np.empty(todo.shape[0], np.int64)
-    acc = np.empty((todo.shape[0], c), np.float64)
-    left = todo.shape[0]
-    alive = np.ones(todo.shape[0], np.bool_)
+    out = img.copy()
+    val = np.empty((h, w, c), np.float64)
+    known = np.empty((h, w), np.bool_)
+    n_holes = 0
+    for y in range(h):
+        for x in range(w):
+            known[y, x] = not holes[y, x]
+            n_holes += holes[y, x]
+            for ch in range(c):
+                val[y, x, ch] = img[y, x, ch]
+    todo = np.empty((n_holes, 2), np.int64)
+    k = 0
+    for y in range(h):
+        for x in range(w):
+            if holes[y, x]:
+                todo[k, 0], todo[k, 1] = y, x
+                k += 1
+    layer = np.empty(n_holes, np.int64)
+    acc = np.empty((n_holes, c), np.float64)
+    alive = np.ones(n_holes, np.bool_)
+    left = n_holes
     while left > 0:
         n = 0
-        for i in range(todo.shape[0]):  # this layer: holes with a known 8-neighbour
+        for i in range(n_holes):  # this layer: holes with a known 8-neighbour
             if not alive[i]:
                 continue
             y, x = todo[i, 0], todo[i, 1]
             touch = False
             for yy in range(max(y - 1, 0), min(y + 2, h)):
                 for xx in range(max(x - 1, 0), min(x + 2, w)):
-                    if known[yy, xx]:
-                        touch = True
+                    touch = touch or known[yy, xx]
             if touch:
                 layer[n] = i
                 n += 1
@@ -223,12 +239,12 @@ def _fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights
             wsum = 0.0
             for ch in range(c):
                 acc[j, ch] = 0.0
-            for k in range(offsets.shape[0]):
-                yy, xx = y + offsets[k, 0], x + offsets[k, 1]
+            for o in range(offsets.shape[0]):
+                yy, xx = y + offsets[o, 0], x + offsets[o, 1]
                 if 0 <= yy < h and 0 <= xx < w and known[yy, xx]:
-                    wsum += weights[k]
+                    wsum += weights[o]
                     for ch in range(c):
-                        acc[j, ch] += weights[k] * val[yy, xx, ch]
+                        acc[j, ch] += weights[o] * val[yy, xx, ch]
             for ch in range(c):
                 acc[j, ch] /= wsum
         for j in range(n):
@@ -236,15 +252,10 @@ def _fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights
             y, x = todo[i, 0], todo[i, 1]
             for ch in range(c):
                 val[y, x, ch] = acc[j, ch]
+                out[y, x, ch] = np.uint8(min(max(np.rint(acc[j, ch]), 0.0), 255.0))
             known[y, x] = True
             alive[i] = False
         left -= n
-    out = img.copy()
-    for i in range(todo.shape[0]):
-        if not alive[i]:
-            y, x = todo[i, 0], todo[i, 1]
-            for ch in range(c):
-                out[y, x, ch] = np.uint8(min(max(np.rint(val[y, x, ch]), 0.0), 255.0))
     return out
 
 if njit is not None:
