@@ -272,3 +272,26 @@ def test_compiled_inversion_is_the_numpy_form(strength: float) -> None:
         h, w = fwd.mask.shape
         qx, qy = np.arange(fwd.x0, fwd.x0 + w)[None, :], np.arange(fwd.y0, fwd.y0 + h)[:, None]
         assert np.hypot(got.warp.map_x - qx, got.warp.map_y - qy)[fwd.mask].max() > 0.5  # it does move pixels
+
+
+@needs_numba
+@pytest.mark.parametrize(("step", "margin"), [(2, 3), (2, 0), (1, 3), (3, 3)])
+def test_compiled_lens_field_is_the_stepwise_warp(step: int, margin: int) -> None:
+    """kernels.lens_field fuses _prepare (coarse samples that cover every traced pixel), the trace and
+    _finish (bilinear interpolation as cv2.remap, identity off the traced pixels)."""
+    from models.optics.refraction import _finish, _lens_warp_compiled, _prepare
+
+    cam, lenses, depth = _scene()
+    powers = [LensPower(power_matrix(-6.0, -1.0, 20.0), np.array([0.004, 0.0])),
+              LensPower(power_matrix(5.0, 0.0, None), np.zeros(2))]
+    for lens, power in zip(lenses, powers, strict=True):
+        for strength in (1.0, 0.4):
+            r = _prepare(lens, power, cam, strength, margin, step)
+            assert r is not None and r.pix is not None
+            ref = _finish(r, trace_lens(r.pix, lens, power, depth, cam) - r.pix, strength, step)
+            got = _lens_warp_compiled(lens, power, depth, cam, strength, margin, step)
+            assert got is not None and np.array_equal(got.mask, ref.mask) and (got.x0, got.y0) == (ref.x0, ref.y0)
+            err = np.maximum(np.abs(got.map_x - ref.map_x), np.abs(got.map_y - ref.map_y))
+            assert err.max() < 1e-4, (step, margin, err.max())
+            assert np.array_equal(got.map_x[~r.traced], ref.map_x[~r.traced])
+            assert np.hypot(*got.displacement()).max() > 0.3  # the lens does move pixels

@@ -3,12 +3,12 @@
 At a 640x480 frame the optics handle a few thousand rays and a few hundred mesh triangles, so the
 numpy forms spend most of their time in per-call overhead (tens of small array operations), not in
 arithmetic. One compiled pass does the same arithmetic: the rasteriser bit for bit, the hole fill to a
-rounding tie (its sums run in another order), the trace and the warp inversion to ~1e-5 px (their
-lookups are cv2.remap's bilinear in float32; OpenCV 4 rounded remap positions to 1/32 px, which moves
-its numpy forms by up to a few thousandths of a pixel).
-Kernels are compiled for fixed signatures when this module is first imported (about 10 s for all of
-them on the 2-core dev machine, once: numba caches them on disk, and scripts/setup.sh triggers it),
-never in the middle of a frame.
+rounding tie (its sums run in another order); the trace, the lens's warp field (coarse samples, trace,
+interpolation) and the warp inversion to ~1e-5 px (their lookups are cv2.remap's bilinear in float32;
+OpenCV 4 rounded remap positions to 1/32 px, which moves its numpy forms by a few thousandths of a
+pixel). Kernels are compiled for fixed signatures when this module is first imported (about 12 s for
+all of them on the 2-core dev machine, once: numba caches them on disk, and scripts/setup.sh triggers
+it), never in the middle of a frame.
 """
 
 from __future__ import annotations
@@ -121,6 +121,70 @@ def _trace_lens(pixels: np.ndarray, c: np.ndarray, u: np.ndarray, v: np.ndarray,
         else:
             out[i, 0], out[i, 1] = cx + fx * px / pz, cy + fy * py / pz
     return out
+
+
+def _lens_field(traced: np.ndarray, x0: int, y0: int, step: int, strength: float, c: np.ndarray, u: np.ndarray,
+                v: np.ndarray, n: np.ndarray, f: np.ndarray, prism: np.ndarray, depth: np.ndarray, scale: float,
+                cam: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """models.optics.refraction's numpy warp (_prepare -> trace -> _finish) in one call: (map_x, map_y) of
+    the ROI at (x0, y0), the traced pixels displaced by strength x the field traced every ``step`` pixels
+    (wherever a traced pixel is within ``step``) and interpolated as cv2.remap does (BORDER_REPLICATE)."""
+    h, w = traced.shape
+    ch, cw = (h + step - 1) // step, (w + step - 1) // step
+    reach = step if step > 1 else 0  # the coarse samples a traced pixel's bilinear lookup reads
+    cover = np.zeros((ch, cw), np.bool_)
+    n_cover = 0
+    for cy in range(ch):
+        for cx in range(cw):
+            yc, xc = cy * step, cx * step
+            for yy in range(max(yc - reach, 0), min(yc + reach + 1, h)):
+                for xx in range(max(xc - reach, 0), min(xc + reach + 1, w)):
+                    if traced[yy, xx]:
+                        cover[cy, cx] = True
+                        break
+                if cover[cy, cx]:
+                    break
+            n_cover += cover[cy, cx]
+    pix = np.empty((n_cover, 2))
+    k = 0
+    for cy in range(ch):
+        for cx in range(cw):
+            if cover[cy, cx]:
+                pix[k, 0], pix[k, 1] = float(x0 + cx * step), float(y0 + cy * step)
+                k += 1
+    src = _trace_lens(pix, c, u, v, n, f, prism, depth, scale, cam, iterations)  # one batch: compiled once
+    coarse_x = np.zeros((ch, cw), np.float32)
+    coarse_y = np.zeros((ch, cw), np.float32)
+    k = 0
+    for cy in range(ch):
+        for cx in range(cw):
+            if cover[cy, cx]:
+                coarse_x[cy, cx] = np.float32((src[k, 0] - pix[k, 0]) * strength)
+                coarse_y[cy, cx] = np.float32((src[k, 1] - pix[k, 1]) * strength)
+                k += 1
+    map_x = np.empty((h, w), np.float32)
+    map_y = np.empty((h, w), np.float32)
+    fstep = np.float32(step)
+    one = np.float32(1.0)
+    for y in range(h):
+        gy = np.float32(y) / fstep
+        fy = np.floor(gy)
+        ay = np.float32(gy - fy)
+        ya, yb = min(int(fy), ch - 1), min(int(fy) + 1, ch - 1)
+        for x in range(w):
+            map_x[y, x], map_y[y, x] = np.float32(x0 + x), np.float32(y0 + y)
+            if not traced[y, x]:
+                continue
+            gx = np.float32(x) / fstep
+            fx = np.floor(gx)
+            ax = np.float32(gx - fx)
+            xa, xb = min(int(fx), cw - 1), min(int(fx) + 1, cw - 1)
+            w00, w01, w10, w11 = (one - ax) * (one - ay), ax * (one - ay), (one - ax) * ay, ax * ay
+            map_x[y, x] += np.float32(coarse_x[ya, xa] * w00 + coarse_x[ya, xb] * w01 + coarse_x[yb, xa] * w10
+                                      + coarse_x[yb, xb] * w11)
+            map_y[y, x] += np.float32(coarse_y[ya, xa] * w00 + coarse_y[ya, xb] * w01 + coarse_y[yb, xa] * w10
+                                      + coarse_y[yb, xb] * w11)
+    return map_x, map_y
 
 
 def _sample_zero(a: np.ndarray, b: np.ndarray, x: np.float32, y: np.float32) -> tuple[np.float32, np.float32]:
@@ -258,6 +322,7 @@ def _fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights
         left -= n
     return out
 
+
 if njit is not None:
     try:
         _rasterize_depth = njit("float32[:, :](float64[:, :], float64[:], int64[:, :], int64, int64)",
@@ -266,6 +331,9 @@ if njit is not None:
         _trace_lens = njit("float64[:, :](float64[:, :], float64[:], float64[:], float64[:], float64[:], "
                            "float64[:, :], float64[:], float32[:, :], float64, float64[:], int64)",
                            cache=True, nogil=True)(_trace_lens)
+        _lens_field = njit("Tuple((float32[:, ::1], float32[:, ::1]))(boolean[:, ::1], int64, int64, int64, float64, "
+                           "float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1], float64[::1], "
+                           "float32[:, ::1], float64, float64[::1], int64)", cache=True, nogil=True)(_lens_field)
         _sample_zero = njit(cache=True, nogil=True, inline="always")(_sample_zero)
         _invert_lens = njit("Tuple((float32[:, ::1], float32[:, ::1], boolean[:, ::1]))"
                             "(float32[:, ::1], float32[:, ::1], boolean[:, ::1], int64, float64, float64)",
@@ -283,17 +351,29 @@ def rasterize_depth(points_px: np.ndarray, z: np.ndarray, triangles: np.ndarray,
                             np.ascontiguousarray(triangles, np.int64), int(shape[0]), int(shape[1]))
 
 
-def trace_lens(pixels: np.ndarray, lens: object, f: np.ndarray, prism: np.ndarray, depth: np.ndarray, scale: float,
-               camera: object, iterations: int = 3) -> np.ndarray:
-    """(N, 2) source pixels through one lens (see models.optics.refraction.trace_lens); needs AVAILABLE."""
+def _lens_args(lens: object, f: np.ndarray, prism: np.ndarray, depth: np.ndarray, scale: float,
+               camera: object) -> tuple:
     def vec(a: object) -> np.ndarray:
         return np.ascontiguousarray(a, np.float64).reshape(-1)
 
     cam = np.array([camera.fx, camera.fy, camera.cx, camera.cy], np.float64)  # type: ignore[attr-defined]
-    return _trace_lens(np.ascontiguousarray(pixels, np.float64), vec(lens.optical_center_cam_mm),  # type: ignore[attr-defined]
-                       vec(lens.u_cam), vec(lens.v_cam), vec(lens.normal_cam),  # type: ignore[attr-defined]
-                       np.ascontiguousarray(f, np.float64), vec(prism), np.ascontiguousarray(depth, np.float32),
-                       float(scale), cam, int(iterations))
+    return (vec(lens.optical_center_cam_mm), vec(lens.u_cam), vec(lens.v_cam), vec(lens.normal_cam),  # type: ignore[attr-defined]
+            np.ascontiguousarray(f, np.float64), vec(prism), np.ascontiguousarray(depth, np.float32), float(scale), cam)
+
+
+def trace_lens(pixels: np.ndarray, lens: object, f: np.ndarray, prism: np.ndarray, depth: np.ndarray, scale: float,
+               camera: object, iterations: int = 3) -> np.ndarray:
+    """(N, 2) source pixels through one lens (see models.optics.refraction.trace_lens); needs AVAILABLE."""
+    return _trace_lens(np.ascontiguousarray(pixels, np.float64), *_lens_args(lens, f, prism, depth, scale, camera),
+                       int(iterations))
+
+
+def lens_field(traced: np.ndarray, x0: int, y0: int, step: int, strength: float, lens: object, f: np.ndarray,
+               prism: np.ndarray, depth: np.ndarray, scale: float, camera: object,
+               iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(map_x, map_y) of one lens's ROI (see models.optics.refraction.lens_warps); needs AVAILABLE."""
+    return _lens_field(np.ascontiguousarray(traced, np.bool_), int(x0), int(y0), int(step), float(strength),
+                       *_lens_args(lens, f, prism, depth, scale, camera), int(iterations))
 
 
 def invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: int, tol_px: float,

@@ -215,12 +215,13 @@ def lens_warps(lenses: list[LensLike], powers: list[LensPower], depth: FaceDepth
                strength: float = 1.0, margin_px: int = 0, step: int = 2) -> list[LensWarp | None]:
     """:func:`lens_warp` of several lenses of one face, their rays landed on the face in one batch
     (the per-call overhead of the depth intersection dominates at these array sizes)."""
+    if kernels.AVAILABLE:
+        return [_lens_warp_compiled(ln, pw, depth, camera, strength, margin_px, step)
+                for ln, pw in zip(lenses, powers, strict=True)]
     rois = [_prepare(ln, pw, camera, strength, margin_px, step) for ln, pw in zip(lenses, powers, strict=True)]
     todo = [(r, ln, pw) for r, ln, pw in zip(rois, lenses, powers, strict=True) if r is not None and r.pix is not None]
     moved: list[np.ndarray] = []
-    if todo and kernels.AVAILABLE:
-        moved = [trace_lens(r.pix, ln, pw, depth, camera) - r.pix for r, ln, pw in todo]
-    elif todo:
+    if todo:
         rays = [lens_rays(r.pix, ln, pw, camera) for r, ln, pw in todo]
         pix = np.concatenate([r.pix for r, _, _ in todo])
         src = land_rays(pix, np.concatenate([h for h, _ in rays]), np.concatenate([b for _, b in rays]), depth,
@@ -236,6 +237,21 @@ def lens_warps(lenses: list[LensLike], powers: list[LensPower], depth: FaceDepth
         else:
             out.append(_finish(r, next(displacements), strength, step))
     return out
+
+
+def _lens_warp_compiled(lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole, strength: float,
+                        margin_px: int, step: int) -> LensWarp | None:
+    """One lens's warp through models.optics.kernels.lens_field (the numpy path's _prepare, trace and
+    _finish in one compiled pass)."""
+    roi = outline_roi_mask(lens.outline_px, camera.width, camera.height, margin_px)
+    if roi is None:
+        return None
+    x0, y0, mask, traced = roi
+    if strength <= 0.0 or power.is_zero:
+        return LensWarp(x0, y0, *_identity_maps(x0, y0, *mask.shape), mask)
+    map_x, map_y = kernels.lens_field(traced, x0, y0, step, strength, lens, power.f, power.prism, depth.depth,
+                                      depth.scale, camera)
+    return LensWarp(x0, y0, map_x, map_y, mask)
 
 
 def lens_warp(lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole, strength: float = 1.0,
