@@ -9,7 +9,7 @@ on every frame, as before stream.landmark_model), tryon with refraction only ("t
 (frame + tint drawn), remove with a known prescription; "tryon_optics_numpy" and "remove_numpy" run
 the numpy forms instead of the numba kernels of models/optics/kernels.py. Reported: per-frame wall time of the whole
 pipeline and of the filter stage alone (p50/p95), with ratios vs the baselines of the same run.
-Writes benchmarks/results/optics_latency.json.
+Writes benchmarks/results/optics_latency.json and a plot beside it (.png).
 """
 
 from __future__ import annotations
@@ -123,6 +123,35 @@ def run(clip: str, n: int, warmup: int, width: int, height: int) -> dict[str, An
     return out
 
 
+def plot(res: dict[str, Any], path: Path) -> Path:
+    """Per chain: the filter stage and the whole pipeline, p50 bars with p95 whiskers, and the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k in res["chains"] if k != "passthrough"]
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 0.42 * len(names) + 1.4), sharey=True)
+    y = np.arange(len(names))
+    for ax, key, target, title in ((axes[0], "filter_ms", 5.0, "filter stage (the optics alone for tryon_optics, "
+                                    "remove)"), (axes[1], "total_ms", 20.0, "whole pipeline, tracking included")):
+        p50 = np.array([res["chains"][k][key]["p50"] for k in names])
+        p95 = np.array([res["chains"][k][key]["p95"] for k in names])
+        colours = ["#bbbbbb" if k.endswith("_numpy") or k.startswith("landmarks") else "#4c72b0" for k in names]
+        ax.barh(y, p50, color=colours, xerr=np.vstack([np.zeros_like(p95), p95 - p50]), capsize=3)
+        ax.axvline(target, color="#d62728", ls=":", lw=1)
+        ax.set_title(f"{title}\n(bar p50, whisker p95; dotted: {target:g} ms target)", fontsize=9)
+        ax.set_xlabel("ms per frame")
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"optics latency, {res['clip']} {res['size'][0]}x{res['size'][1]}, {res['frames']} frames "
+                 "(grey: baselines and numpy forms of the same run)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", default="liveportrait_d12")
@@ -137,6 +166,7 @@ def main() -> None:
     res = {"benchmark": "optics_latency", "clip": args.clip, "size": [w, h], "frames": args.frames,
            "machine": machine_info(), **res}
     write_json(args.out, res)
+    plot(res, args.out.with_suffix(".png"))
     for name, r in res["chains"].items():
         t, f = r["total_ms"], r["filter_ms"]
         print(f"{name:19s} total p50 {t['p50']:6.2f} p95 {t['p95']:6.2f} | filter p50 {f['p50']:6.2f} "
