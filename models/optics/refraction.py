@@ -213,8 +213,8 @@ def _finish(r: _Roi, d: np.ndarray, strength: float, step: int) -> LensWarp:
 
 def lens_warps(lenses: list[LensLike], powers: list[LensPower], depth: FaceDepth, camera: Pinhole,
                strength: float = 1.0, margin_px: int = 0, step: int = 2) -> list[LensWarp | None]:
-    """:func:`lens_warp` of several lenses of one face, their rays landed on the face in one batch
-    (the per-call overhead of the depth intersection dominates at these array sizes)."""
+    """:func:`lens_warp` of several lenses of one face: one compiled call per lens with numba; in the numpy
+    form the rays of all lenses land on the face in one batch (per-call overhead dominates there)."""
     if kernels.AVAILABLE:
         return [_lens_warp_compiled(ln, pw, depth, camera, strength, margin_px, step)
                 for ln, pw in zip(lenses, powers, strict=True)]
@@ -242,7 +242,7 @@ def lens_warps(lenses: list[LensLike], powers: list[LensPower], depth: FaceDepth
 def _lens_warp_compiled(lens: LensLike, power: LensPower, depth: FaceDepth, camera: Pinhole, strength: float,
                         margin_px: int, step: int) -> LensWarp | None:
     """One lens's warp through models.optics.kernels.lens_field (the numpy path's _prepare, trace and
-    _finish in one compiled pass)."""
+    _finish in one compiled call)."""
     roi = outline_roi_mask(lens.outline_px, camera.width, camera.height, margin_px)
     if roi is None:
         return None
