@@ -138,6 +138,14 @@ def test_remove_auto_estimates_then_corrects(clip_frames, landmarker_model) -> N
     assert remove.estimate is not None and abs(remove.estimate.sphere + 6.0) <= 0.5
     assert all(o is img for o, img in zip(outs[:3], worn[:3], strict=True))  # untouched while estimating
     assert not np.array_equal(outs[-1], worn[-1])
+    # File mode (`rxstream process` calls prepare): no real-time budget, so even with the default
+    # auto_background the analysis runs on the frame path and the output does not depend on timing.
+    filed = create("remove", {"rx": "auto", "auto_frames": 4, "rimless": True, "fit_frames": 0, "pd": PD_MM})
+    filed.prepare()
+    filed_outs = [filed.apply(img, FrameContext(i, i / 25.0, seen[i], w, h)) for i, img in enumerate(worn)]
+    filed.close()
+    assert filed._pool is None and filed.estimate is not None and filed.estimate.frames == remove.estimate.frames
+    assert all(np.array_equal(a, b) for a, b in zip(filed_outs, outs, strict=True))
     # The default background estimation gets there too, without ever holding a frame back.
     bg = create("remove", {"rx": "auto", "auto_frames": 4, "rimless": True, "fit_frames": 0, "pd": PD_MM})
     deadline = time.monotonic() + 60.0

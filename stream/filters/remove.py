@@ -74,7 +74,8 @@ class RemoveParams:
                                  "(then the video is left as it is)", min=1, max=600)
     auto_confidence: float = param(0.4, help="rx=auto: minimum confidence before correcting", min=0.0, max=1.0)
     rimless: bool = param(False, help="rx=auto: the worn glasses have no rim hiding the lens edge")
-    auto_background: bool = param(True, help="rx=auto: analyse on a background thread (the video never waits)")
+    auto_background: bool = param(True, help="rx=auto: analyse on a background thread (the video never waits; "
+                                  "`rxstream process` always analyses on the frame path)")
     engine: str = param("optics", help="undo the lenses by inverting the ray-traced optics or with the "
                         "prescription-conditioned generator (neural; needs its weights)", choices=ENGINES)
     neural_size: int = size_param("engine=neural: generator crop side in pixels (only sizes with weights)")
@@ -96,6 +97,7 @@ class Remove(LensGenerator, Filter):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self._pool: ThreadPoolExecutor | None = None
+        self._file_mode = False  # set by prepare(): no real-time budget, so rx=auto never runs in the background
         self._derive(self.params)
 
     def _derive(self, p: RemoveParams) -> None:
@@ -142,7 +144,7 @@ class Remove(LensGenerator, Filter):
         opts = replace(self._opts, strength=0.0)  # placement and depth only
         fo = face_optics(ctx.faces[0], ctx.camera, self._rx, self._frame, opts, self._powers)
         rim = 0.0 if self.params.rimless else rim_width_px(fo.lenses)
-        if self.params.auto_background:
+        if self.params.auto_background and not self._file_mode:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rx-estimate")
             self._pending = self._pool.submit(est.add_frame, image.copy(), fo.lenses, fo.depth, ctx.camera, rim)
@@ -182,6 +184,13 @@ class Remove(LensGenerator, Filter):
         if self._auto:
             out["rx_estimate"] = {"state": self.estimate_status()}
         return out
+
+    def prepare(self, timeout: float | None = None) -> None:
+        """File mode: a file has no real-time budget, so rx=auto analyses each frame before it is written
+        (the corrected video starts at a frame that does not depend on timing, and every analysed frame
+        counts) instead of on a background thread that frames pass while it works."""
+        super().prepare(timeout)
+        self._file_mode = True
 
     def close(self) -> None:
         super().close()
