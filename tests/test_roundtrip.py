@@ -203,8 +203,8 @@ def test_face_depth_on_real_faces(posed_frames) -> None:
 
 
 def test_hole_fill_matches_telea_on_the_round_trip(posed_frames, monkeypatch) -> None:
-    """The pixels remove cannot restore (behind a plus lens's rim; background the face hides from a
-    minus lens) are filled about as well as OpenCV's Telea inpainting fills them, against the truth."""
+    """The pixels remove cannot restore (mostly the ring behind a plus lens's rim) are filled about as well
+    as OpenCV's Telea inpainting fills them, against the truth."""
     from models.optics import inversion
 
     def telea(img: np.ndarray, holes: np.ndarray, radius_px: float = 3.0) -> np.ndarray:

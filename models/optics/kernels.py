@@ -2,11 +2,11 @@
 
 At a 640x480 frame the optics handle a few thousand rays and a few hundred mesh triangles, so the
 numpy forms spend most of their time in per-call overhead (tens of small array operations), not in
-arithmetic. One compiled pass does the same arithmetic: the rasteriser bit for bit, the hole fill to a
-rounding tie (its sums run in another order); the trace, the lens's warp field (coarse samples, trace,
-interpolation) and the warp inversion to ~1e-5 px (their lookups are cv2.remap's bilinear in float32;
-OpenCV 4 rounded remap positions to 1/32 px, which moves its numpy forms by a few thousandths of a
-pixel). Kernels are compiled for fixed signatures when this module is first imported (about 12 s for
+arithmetic. One compiled pass does the same arithmetic: the rasteriser and the warp inversion bit for
+bit, the hole fill to a rounding tie (its sums run in another order); the trace and the lens's warp
+field (coarse samples, trace, interpolation) to ~1e-5 px (their lookups are cv2.remap's bilinear in
+float32; OpenCV 4 rounded remap positions to 1/32 px, which moves those numpy forms by a few
+thousandths of a pixel). Kernels are compiled for fixed signatures when this module is first imported (about 15 s for
 all of them on the 2-core dev machine, once: numba caches them on disk, and scripts/setup.sh triggers
 it), never in the middle of a frame.
 """
@@ -187,38 +187,62 @@ def _lens_field(traced: np.ndarray, x0: int, y0: int, step: int, strength: float
     return map_x, map_y
 
 
-def _sample_zero(a: np.ndarray, b: np.ndarray, x: np.float32, y: np.float32) -> tuple[np.float32, np.float32]:
-    """Two same-shape images at ROI position (x, y) as cv2.remap computes each (INTER_LINEAR,
-    BORDER_CONSTANT 0), with float32 weights; taps off the image read 0."""
+def _bilinear_grad(a: np.ndarray, b: np.ndarray, x: float,
+                   y: float) -> tuple[float, float, float, float, float, float]:
+    """models.optics.inversion.bilinear_with_gradient of two same-shape images at one point:
+    (a, da/dx, da/dy, b, db/dx, db/dy), taps off the image read 0; the same sums in the same order."""
     if not (abs(x) < 1e6):
-        x = np.float32(-1e6)
+        x = -1e6
     if not (abs(y) < 1e6):
-        y = np.float32(-1e6)
-    fx, fy = np.floor(x), np.floor(y)
-    ax, ay = np.float32(x - fx), np.float32(y - fy)
-    one = np.float32(1.0)
-    w00, w01 = (one - ax) * (one - ay), ax * (one - ay)
-    w10, w11 = (one - ax) * ay, ax * ay
-    h, w = a.shape
+        y = -1e6
+    fx, fy = math.floor(x), math.floor(y)
+    ax, ay = x - fx, y - fy
     x0, y0 = int(fx), int(fy)
+    h, w = a.shape
     if x0 >= 0 and x0 + 1 < w and y0 >= 0 and y0 + 1 < h:  # all four taps on the image (nearly always)
-        return (np.float32(a[y0, x0] * w00 + a[y0, x0 + 1] * w01 + a[y0 + 1, x0] * w10 + a[y0 + 1, x0 + 1] * w11),
-                np.float32(b[y0, x0] * w00 + b[y0, x0 + 1] * w01 + b[y0 + 1, x0] * w10 + b[y0 + 1, x0 + 1] * w11))
-    va, vb = np.float32(0.0), np.float32(0.0)
-    for yy, xx, wt in ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11)):
-        if 0 <= yy < h and 0 <= xx < w:
-            va += a[yy, xx] * wt
-            vb += b[yy, xx] * wt
-    return va, vb
+        a00, a01, a10, a11 = float(a[y0, x0]), float(a[y0, x0 + 1]), float(a[y0 + 1, x0]), float(a[y0 + 1, x0 + 1])
+        b00, b01, b10, b11 = float(b[y0, x0]), float(b[y0, x0 + 1]), float(b[y0 + 1, x0]), float(b[y0 + 1, x0 + 1])
+    else:
+        i00 = 0 <= y0 < h and 0 <= x0 < w
+        i01 = 0 <= y0 < h and 0 <= x0 + 1 < w
+        i10 = 0 <= y0 + 1 < h and 0 <= x0 < w
+        i11 = 0 <= y0 + 1 < h and 0 <= x0 + 1 < w
+        a00, b00 = (float(a[y0, x0]), float(b[y0, x0])) if i00 else (0.0, 0.0)
+        a01, b01 = (float(a[y0, x0 + 1]), float(b[y0, x0 + 1])) if i01 else (0.0, 0.0)
+        a10, b10 = (float(a[y0 + 1, x0]), float(b[y0 + 1, x0])) if i10 else (0.0, 0.0)
+        a11, b11 = (float(a[y0 + 1, x0 + 1]), float(b[y0 + 1, x0 + 1])) if i11 else (0.0, 0.0)
+    va = a00 * (1.0 - ax) * (1.0 - ay) + a01 * ax * (1.0 - ay) + a10 * (1.0 - ax) * ay + a11 * ax * ay
+    vb = b00 * (1.0 - ax) * (1.0 - ay) + b01 * ax * (1.0 - ay) + b10 * (1.0 - ax) * ay + b11 * ax * ay
+    return (va, (1.0 - ay) * (a01 - a00) + ay * (a11 - a10), (1.0 - ax) * (a10 - a00) + ax * (a11 - a01),
+            vb, (1.0 - ay) * (b01 - b00) + ay * (b11 - b10), (1.0 - ax) * (b10 - b00) + ax * (b11 - b01))
+
+
+def _bilinear_value(img: np.ndarray, x: float, y: float) -> float:
+    """The value part of :func:`_bilinear_grad` (same sums), for the lens mask."""
+    if not (abs(x) < 1e6):
+        x = -1e6
+    if not (abs(y) < 1e6):
+        y = -1e6
+    fx, fy = math.floor(x), math.floor(y)
+    ax, ay = x - fx, y - fy
+    x0, y0 = int(fx), int(fy)
+    h, w = img.shape
+    v00 = float(img[y0, x0]) if 0 <= y0 < h and 0 <= x0 < w else 0.0
+    v01 = float(img[y0, x0 + 1]) if 0 <= y0 < h and 0 <= x0 + 1 < w else 0.0
+    v10 = float(img[y0 + 1, x0]) if 0 <= y0 + 1 < h and 0 <= x0 < w else 0.0
+    v11 = float(img[y0 + 1, x0 + 1]) if 0 <= y0 + 1 < h and 0 <= x0 + 1 < w else 0.0
+    return v00 * (1.0 - ax) * (1.0 - ay) + v01 * ax * (1.0 - ay) + v10 * (1.0 - ax) * ay + v11 * ax * ay
 
 
 def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: int, tol_px: float,
-                 strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """models.optics.inversion.invert_warp_numpy (fixed point p <- q - D(p)), for the lens pixels only:
+                 strength: float, det_min: float, stretch_max: float,
+                 converged_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """models.optics.inversion.invert_warp_numpy (Newton on p + D(p) = q), for the lens pixels only:
     ROI-relative (map_x, map_y) of q + strength (s⁻¹(q) - q), and the pixels with no preimage.
 
     A row's pixels advance one iteration together: each pixel's iterations form a serial chain of
-    dependent lookups, and interleaving independent chains lets the CPU overlap them (about 2x)."""
+    dependent lookups, and interleaving independent chains lets the CPU overlap them. One call site of
+    the (inlined) lookup: each one adds seconds to the compile."""
     h, w = mask.shape
     map_x = np.empty((h, w), np.float32)
     map_y = np.empty((h, w), np.float32)
@@ -226,34 +250,44 @@ def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: i
     maskf = np.empty((h, w), np.float32)
     for y in range(h):
         for x in range(w):
-            maskf[y, x] = np.float32(1.0) if mask[y, x] else np.float32(0.0)
-    s = np.float32(strength)
-    tol2 = tol_px * tol_px  # |residual| <= tol without a libm hypot per pixel
+            maskf[y, x] = 1.0 if mask[y, x] else 0.0
     xs = np.empty(w, np.int64)
-    px = np.empty(w, np.float32)
-    py = np.empty(w, np.float32)
+    px = np.empty(w)
+    py = np.empty(w)
+    done = np.empty(w, np.bool_)
+    converged2 = converged_px * converged_px
     for y in range(h):
-        qy = np.float32(y)
+        qy = float(y)
         n = 0
         for x in range(w):
-            map_x[y, x], map_y[y, x] = np.float32(x), qy
+            map_x[y, x], map_y[y, x] = np.float32(x), np.float32(y)
             if mask[y, x]:
-                xs[n], px[n], py[n] = x, np.float32(x), qy
+                xs[n], px[n], py[n], done[n] = x, float(x), qy, False
                 n += 1
-        for _ in range(iterations):
+        for it in range(iterations + 1):  # the last pass only evaluates the result
+            final = it == iterations
             for i in range(n):
-                sx, sy = _sample_zero(dx, dy, px[i], py[i])
-                px[i], py[i] = np.float32(np.float32(xs[i]) - sx), np.float32(qy - sy)
-        for i in range(n):
-            qx = np.float32(xs[i])
-            sx, sy = _sample_zero(dx, dy, px[i], py[i])
-            rx, ry = np.float32(np.float32(px[i] + sx) - qx), np.float32(np.float32(py[i] + sy) - qy)
-            inside, _ = _sample_zero(maskf, maskf, px[i], py[i])
-            if inside >= 0.5 and float(rx) * rx + float(ry) * ry <= tol2:
-                map_x[y, xs[i]] = np.float32(qx + np.float32(s * np.float32(px[i] - qx)))
-                map_y[y, xs[i]] = np.float32(qy + np.float32(s * np.float32(py[i] - qy)))
-            else:
-                invalid[y, xs[i]] = True
+                if done[i] and not final:
+                    continue
+                qx = float(xs[i])
+                vx, jxx, jxy, vy, jyx, jyy = _bilinear_grad(dx, dy, px[i], py[i])
+                fx, fy = px[i] + vx - qx, py[i] + vy - qy
+                a, b, c, d = 1.0 + jxx, jxy, jyx, 1.0 + jyy
+                det = a * d - b * c
+                if final:
+                    inside = _bilinear_value(maskf, px[i], py[i]) >= 0.5
+                    if inside and fx * fx + fy * fy <= tol_px * tol_px and 1.0 / stretch_max <= det <= stretch_max:
+                        map_x[y, xs[i]] = np.float32(qx + strength * (px[i] - qx))
+                        map_y[y, xs[i]] = np.float32(qy + strength * (py[i] - qy))
+                    else:
+                        invalid[y, xs[i]] = True
+                elif fx * fx + fy * fy < converged2:
+                    done[i] = True
+                elif det > det_min:
+                    inv = 1.0 / det
+                    px[i], py[i] = px[i] - (d * fx - b * fy) * inv, py[i] - (a * fy - c * fx) * inv
+                else:  # nearly singular: the fixed-point step p <- q - D(p)
+                    px[i], py[i] = px[i] - fx, py[i] - fy
     return map_x, map_y, invalid
 
 
@@ -334,9 +368,10 @@ if njit is not None:
         _lens_field = njit("Tuple((float32[:, ::1], float32[:, ::1]))(boolean[:, ::1], int64, int64, int64, float64, "
                            "float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1], float64[::1], "
                            "float32[:, ::1], float64, float64[::1], int64)", cache=True, nogil=True)(_lens_field)
-        _sample_zero = njit(cache=True, nogil=True, inline="always")(_sample_zero)
-        _invert_lens = njit("Tuple((float32[:, ::1], float32[:, ::1], boolean[:, ::1]))"
-                            "(float32[:, ::1], float32[:, ::1], boolean[:, ::1], int64, float64, float64)",
+        _bilinear_grad = njit(cache=True, nogil=True, inline="always")(_bilinear_grad)
+        _bilinear_value = njit(cache=True, nogil=True)(_bilinear_value)
+        _invert_lens = njit("Tuple((float32[:, ::1], float32[:, ::1], boolean[:, ::1]))(float32[:, ::1], "
+                            "float32[:, ::1], boolean[:, ::1], int64, float64, float64, float64, float64, float64)",
                             cache=True, nogil=True)(_invert_lens)
         _fill_holes = njit("uint8[:, :, ::1](uint8[:, :, ::1], boolean[:, ::1], int64[:, ::1], float64[::1])",
                            cache=True, nogil=True)(_fill_holes)
@@ -376,11 +411,12 @@ def lens_field(traced: np.ndarray, x0: int, y0: int, step: int, strength: float,
                        *_lens_args(lens, f, prism, depth, scale, camera), int(iterations))
 
 
-def invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: int, tol_px: float,
-                strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: int, tol_px: float, strength: float,
+                det_min: float, stretch_max: float, converged_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROI-relative inverse maps and no-preimage pixels (see models.optics.inversion); needs AVAILABLE."""
     return _invert_lens(np.ascontiguousarray(dx, np.float32), np.ascontiguousarray(dy, np.float32),
-                        np.ascontiguousarray(mask, np.bool_), int(iterations), float(tol_px), float(strength))
+                        np.ascontiguousarray(mask, np.bool_), int(iterations), float(tol_px), float(strength),
+                        float(det_min), float(stretch_max), float(converged_px))
 
 
 def fill_holes(img: np.ndarray, holes: np.ndarray, offsets: np.ndarray, weights: np.ndarray) -> np.ndarray:
