@@ -6,9 +6,9 @@ arithmetic. One compiled pass does the same arithmetic: the rasteriser and the w
 bit, the hole fill to a rounding tie (its sums run in another order); the trace and the lens's warp
 field (coarse samples, trace, interpolation) to ~1e-5 px (their lookups are cv2.remap's bilinear in
 float32; OpenCV 4 rounded remap positions to 1/32 px, which moves those numpy forms by a few
-thousandths of a pixel). Kernels are compiled for fixed signatures when this module is first imported (about 15 s for
-all of them on the 2-core dev machine, once: numba caches them on disk, and scripts/setup.sh triggers
-it), never in the middle of a frame.
+thousandths of a pixel). Kernels are compiled for fixed signatures when this module is first
+imported (about 15 s for all of them on the 2-core dev machine, once: numba caches them on disk, and
+scripts/setup.sh triggers it), never in the middle of a frame.
 """
 
 from __future__ import annotations
