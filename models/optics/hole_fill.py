@@ -5,7 +5,7 @@ the mean of the known pixels within ``radius_px`` (those filled by earlier rings
 1/distance². It is Telea's fast-marching fill without the gradient term. The holes are a few pixels
 wide (mostly the ring behind a plus lens's rim; see models.optics.inversion), and on the round-trip
 frames of tests/test_roundtrip.py both fill them equally close to the truth (PSNR 32.35 dB each over
-8258 pixels) while this takes ~0.2 ms a lens against cv2.inpaint's ~1.2 ms (mostly its own
+8254 pixels) while this takes ~0.2 ms a lens against cv2.inpaint's ~1.2 ms (mostly its own
 set-up). The numpy form (cv2.filter2D per ring) is the reference and the fallback of the compiled one
 (models.optics.kernels); the two differ only in summation order.
 """

@@ -255,6 +255,9 @@ def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: i
     px = np.empty(w)
     py = np.empty(w)
     done = np.empty(w, np.bool_)
+    res_x = np.empty(w)  # residual and det(I + grad D) where a pixel converged
+    res_y = np.empty(w)
+    res_det = np.empty(w)
     converged2 = converged_px * converged_px
     for y in range(h):
         qy = float(y)
@@ -270,10 +273,13 @@ def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: i
                 if done[i] and not final:
                     continue
                 qx = float(xs[i])
-                vx, jxx, jxy, vy, jyx, jyy = _bilinear_grad(dx, dy, px[i], py[i])
-                fx, fy = px[i] + vx - qx, py[i] + vy - qy
-                a, b, c, d = 1.0 + jxx, jxy, jyx, 1.0 + jyy
-                det = a * d - b * c
+                if done[i]:  # converged earlier: p has not moved since, so neither have its residual and det
+                    fx, fy, det = res_x[i], res_y[i], res_det[i]
+                else:
+                    vx, jxx, jxy, vy, jyx, jyy = _bilinear_grad(dx, dy, px[i], py[i])
+                    fx, fy = px[i] + vx - qx, py[i] + vy - qy
+                    a, b, c, d = 1.0 + jxx, jxy, jyx, 1.0 + jyy
+                    det = a * d - b * c
                 if final:
                     inside = _bilinear_value(maskf, px[i], py[i]) >= 0.5
                     if inside and fx * fx + fy * fy <= tol_px * tol_px and 1.0 / stretch_max <= det <= stretch_max:
@@ -283,6 +289,7 @@ def _invert_lens(dx: np.ndarray, dy: np.ndarray, mask: np.ndarray, iterations: i
                         invalid[y, xs[i]] = True
                 elif fx * fx + fy * fy < converged2:
                     done[i] = True
+                    res_x[i], res_y[i], res_det[i] = fx, fy, det
                 elif det > det_min:
                     inv = 1.0 / det
                     px[i], py[i] = px[i] - (d * fx - b * fy) * inv, py[i] - (a * fy - c * fx) * inv
