@@ -187,17 +187,22 @@ def _lens_field(traced: np.ndarray, x0: int, y0: int, step: int, strength: float
     return map_x, map_y
 
 
-def _bilinear_grad(a: np.ndarray, b: np.ndarray, x: float,
-                   y: float) -> tuple[float, float, float, float, float, float]:
-    """models.optics.inversion.bilinear_with_gradient of two same-shape images at one point:
-    (a, da/dx, da/dy, b, db/dx, db/dy), taps off the image read 0; the same sums in the same order."""
+def _cell(x: float, y: float) -> tuple[int, int, float, float]:
+    """The bilinear cell of (x, y): its top-left pixel and the fractions; diverged or not-a-number
+    positions go far off the image (every tap reads 0)."""
     if not (abs(x) < 1e6):
         x = -1e6
     if not (abs(y) < 1e6):
         y = -1e6
     fx, fy = math.floor(x), math.floor(y)
-    ax, ay = x - fx, y - fy
-    x0, y0 = int(fx), int(fy)
+    return int(fx), int(fy), x - fx, y - fy
+
+
+def _bilinear_grad(a: np.ndarray, b: np.ndarray, x: float,
+                   y: float) -> tuple[float, float, float, float, float, float]:
+    """models.optics.inversion.bilinear_with_gradient of two same-shape images at one point:
+    (a, da/dx, da/dy, b, db/dx, db/dy), taps off the image read 0; the same sums in the same order."""
+    x0, y0, ax, ay = _cell(x, y)
     h, w = a.shape
     if x0 >= 0 and x0 + 1 < w and y0 >= 0 and y0 + 1 < h:  # all four taps on the image (nearly always)
         a00, a01, a10, a11 = float(a[y0, x0]), float(a[y0, x0 + 1]), float(a[y0 + 1, x0]), float(a[y0 + 1, x0 + 1])
@@ -219,13 +224,7 @@ def _bilinear_grad(a: np.ndarray, b: np.ndarray, x: float,
 
 def _bilinear_value(img: np.ndarray, x: float, y: float) -> float:
     """The value part of :func:`_bilinear_grad` (same sums), for the lens mask."""
-    if not (abs(x) < 1e6):
-        x = -1e6
-    if not (abs(y) < 1e6):
-        y = -1e6
-    fx, fy = math.floor(x), math.floor(y)
-    ax, ay = x - fx, y - fy
-    x0, y0 = int(fx), int(fy)
+    x0, y0, ax, ay = _cell(x, y)
     h, w = img.shape
     v00 = float(img[y0, x0]) if 0 <= y0 < h and 0 <= x0 < w else 0.0
     v01 = float(img[y0, x0 + 1]) if 0 <= y0 < h and 0 <= x0 + 1 < w else 0.0
@@ -375,6 +374,7 @@ if njit is not None:
         _lens_field = njit("Tuple((float32[:, ::1], float32[:, ::1]))(boolean[:, ::1], int64, int64, int64, float64, "
                            "float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1], float64[::1], "
                            "float32[:, ::1], float64, float64[::1], int64)", cache=True, nogil=True)(_lens_field)
+        _cell = njit(cache=True, nogil=True, inline="always")(_cell)
         _bilinear_grad = njit(cache=True, nogil=True, inline="always")(_bilinear_grad)
         _bilinear_value = njit(cache=True, nogil=True)(_bilinear_value)
         _invert_lens = njit("Tuple((float32[:, ::1], float32[:, ::1], boolean[:, ::1]))(float32[:, ::1], "
